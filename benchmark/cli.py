@@ -1,0 +1,173 @@
+"""Command line: ``python run_benchmark.py [run] [options]`` and ``python run_benchmark.py list``.
+
+With no arguments, every registered method runs on the built-in ``synth`` benchmark with seed 0
+and a markdown table of the results is printed. Bad input exits with status 2 and one line
+naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from tabulate import tabulate
+
+from benchmark import store
+from benchmark.config import PRESETS, RunConfig, resolve
+from benchmark.errors import ConfigError
+from benchmark.registry import DATASETS, METHODS
+
+COMMANDS = ("run", "list")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_benchmark.py",
+        description="Continual-learning benchmark harness for PEFT methods on frozen ViTs. "
+                    "With no arguments: every method on the synthetic benchmark, seed 0.")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run methods on a benchmark (the default command)")
+    run.add_argument("--methods", nargs="+", metavar="NAME", help="methods to run (default: all registered)")
+    run.add_argument("--dataset", default="synth", help="benchmark name (default: synth)")
+    run.add_argument("--tasks", type=int, metavar="T", help="number of tasks (default: the dataset's standard)")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+                     help="seeds: 0 = natural class order, s > 0 = seeded shuffle (default: 0)")
+    run.add_argument("--natural-order", action="store_true", help="keep the natural class order for every seed")
+    run.add_argument("--epochs", type=int, help="epochs per task (default: the method's preset)")
+    run.add_argument("--batch-size", type=int, help="training batch size")
+    run.add_argument("--lr", type=float, help="learning rate")
+    run.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                     help="override a method hyperparameter (e.g. rank=8) or dataset option (data.KEY=VALUE)")
+    run.add_argument("--preset", default="paper", choices=list(PRESETS),
+                     help="hyperparameter preset on top of the per-dataset defaults (default: paper)")
+    run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
+    run.add_argument("--backbone", help="backbone name (default: the dataset's; synth uses vit_tiny_synth)")
+    run.add_argument("--backbone-weights", metavar="FILE", help="local checkpoint for the backbone")
+    run.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "./data"),
+                     help="folder holding the datasets (default: $CL_DATA_ROOT or ./data)")
+    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
+    run.add_argument("--force", action="store_true", help="rerun even if a result exists")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub.add_parser("list", help="list registered methods and datasets")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = dict(args.set)
+    for key in ("epochs", "batch_size", "lr"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
+    """All run configurations of a ``run`` command, validated before anything runs."""
+    methods = args.methods or METHODS.names()
+    if args.tasks is not None and args.tasks < 1:
+        raise ConfigError(f"--tasks must be at least 1, got {args.tasks}")
+    device = _device(args.device)
+    from benchmark.protocol import resolve_device
+
+    resolve_device(device)  # fail before anything runs
+    return [resolve(method, args.dataset, args.tasks, seed, args.preset, _overrides(args),
+                    backbone=args.backbone, backbone_weights=args.backbone_weights,
+                    precision=args.precision, device=device, data_root=args.data_root,
+                    num_workers=args.num_workers, shuffle_classes=not args.natural_order)
+            for method in methods for seed in args.seeds]
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of runs: continual methods first, upper bounds last."""
+    rows = []
+    for r in sorted(results, key=lambda r: (r.get("upper_bound", False), )):
+        name = r["method"] + (" (upper bound)" if r.get("upper_bound") else "")
+        rows.append([name, r["seed"], _fmt(r["final_acc"]), _fmt(r["avg_acc"]), _fmt(r.get("forgetting")),
+                     _fmt(r.get("task_aware_final_acc")), f"{r['timings']['total_s']:.0f}"])
+    headers = ["method", "seed", "A_T (%)", "A_bar (%)", "forgetting", "task-aware A_T", "time (s)"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from benchmark import protocol  # heavy imports only when running
+
+    configs = resolve_runs(args)
+    progress = not args.no_progress
+    results, failures = [], 0
+    for config in configs:
+        run_id = config.run_id()
+        path = store.result_path(args.results_dir, run_id)
+        if path.is_file() and not args.force:
+            try:
+                results.append(store.read_result(path))
+                print(f"{run_id}: result exists, skipped (use --force to rerun)", file=sys.stderr)
+                continue
+            except ValueError as err:
+                print(f"warning: {err}; running it again", file=sys.stderr)
+        try:
+            result = protocol.run(config, progress=progress)
+        except protocol.NonFiniteLossError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failures += 1
+            continue
+        store.write_result(args.results_dir, result)
+        results.append(result)
+    dataset = configs[0].dataset if configs else args.dataset
+    print(f"\n{dataset}, {configs[0].n_tasks if configs else '?'} tasks; results in "
+          f"{store.runs_dir(args.results_dir)}/\n")
+    print(results_table(results))
+    return 1 if failures else 0
+
+
+def command_list() -> int:
+    rows = [[name, ", ".join(a for a, c in METHODS.aliases().items() if c == name),
+             (METHODS.get(name).__doc__ or "").strip().splitlines()[0]] for name in METHODS.names()]
+    print(tabulate(rows, headers=["method", "aliases", "description"], tablefmt="github"))
+    print()
+    rows = [[name, DATASETS.get(name).num_classes, DATASETS.get(name).default_n_tasks,
+             DATASETS.get(name).default_backbone] for name in DATASETS.names()]
+    print(tabulate(rows, headers=["dataset", "classes", "default tasks", "backbone"], tablefmt="github"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+        argv.insert(0, "run")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return command_list() if args.command == "list" else command_run(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,217 @@
+"""The class-incremental protocol: the one training loop every method runs through.
+
+For each task t: ``begin_task`` -> a fresh optimiser and per-epoch schedule over the parameters
+the method declares (everything else frozen) -> epochs of ``training_loss`` steps -> ``end_task``
+-> evaluation on the test data of every task seen so far, argmax over all seen classes with no
+task id. The result holds the accuracy matrix, its task-aware twin (argmax restricted to the true
+task's classes) and every metric of ``benchmark.metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import random
+import time
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.backbones import build_backbone, weights_digest
+from benchmark.config import RunConfig
+from benchmark.errors import ConfigError
+from benchmark.metrics import summarize
+from benchmark.registry import DATASETS, METHODS
+from datasets.base import Loader, TaskSplit
+from methods.base import Method
+
+EVAL_BATCH_SIZE = 256
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run is aborted and no result is written."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; ``ConfigError`` if it is not available here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
+    return device
+
+
+def build_optimizer(groups: list[dict], hp) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(groups, lr=hp.lr, betas=(0.9, 0.999), weight_decay=hp.weight_decay)
+
+
+def epoch_lr_factor(epoch: int, epochs: int, schedule: str) -> float:
+    """Per-epoch lr multiplier: CODA/InfLoRA cosine cos(99 pi e / (200 (K-1))), or constant."""
+    if schedule == "constant" or epochs == 1:
+        return 1.0
+    return math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+
+
+def declare_trainable(method: Method, task: int) -> list[dict]:
+    """Freeze everything, then unfreeze exactly the parameters the method declares for ``task``."""
+    groups = method.trainable_parameters(task)
+    method.requires_grad_(False)
+    seen: set[int] = set()
+    for group in groups:
+        for param in group["params"]:
+            if id(param) in seen:
+                raise ValueError(f"{method.name} declares a parameter twice for task {task}")
+            seen.add(id(param))
+            param.requires_grad_(True)
+    return groups
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_task(method: Method, loader: Loader, task: int, device: torch.device, precision: str = "fp32",
+               progress: bool = False) -> dict[str, Any]:
+    """Train ``method`` on one task with a fresh optimiser and schedule; returns step counts."""
+    hp = method.cfg
+    groups = declare_trainable(method, task)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = build_optimizer(groups, hp)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    method.train()
+    steps = 0
+    bar = tqdm(range(hp.epochs), desc=f"{method.name} task {task + 1}", leave=False, disable=not progress)
+    for epoch in bar:
+        factor = epoch_lr_factor(epoch, hp.epochs, hp.schedule)
+        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base_lr * factor
+        loader.set_epoch(epoch)
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, precision):
+                loss = method.training_loss(x, y, task)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"{method.name}: loss is {loss.item()} at task {task + 1}, epoch "
+                                         f"{epoch + 1}, step {step + 1}; lower the learning rate (--lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+            optimizer.step()
+            steps += 1
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    method.eval()
+    return {"steps": steps, "trainable_params": sum(p.numel() for p in params)}
+
+
+@torch.no_grad()
+def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.device,
+             precision: str = "fp32") -> tuple[list[float], list[float], list[int]]:
+    """Class-incremental and task-aware accuracy (percent) on each seen task's test data."""
+    method.eval()
+    accs, aware, counts = [], [], []
+    for task in range(up_to_task + 1):
+        classes = method.task_classes(task)
+        hits = aware_hits = total = 0
+        for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            with _autocast(device, precision):
+                logits = method.predict(x).float()
+            if logits.shape[1] != method.n_seen_classes:
+                raise RuntimeError(f"{method.name}.predict returned {logits.shape[1]} logits, "
+                                   f"expected {method.n_seen_classes} (the classes seen so far)")
+            hits += (logits.argmax(1) == y).sum().item()
+            aware_hits += (logits[:, classes.start:classes.stop].argmax(1) + classes.start == y).sum().item()
+            total += len(y)
+        accs.append(100.0 * hits / total)
+        aware.append(100.0 * aware_hits / total)
+        counts.append(total)
+    return accs, aware, counts
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+    }
+
+
+def build_run(config: RunConfig, device: torch.device) -> tuple[TaskSplit, Method]:
+    """The task split and the freshly built method of a run (seeded by ``config.seed``)."""
+    dataset_cls = DATASETS.get(config.dataset)
+    data = dataset_cls.load(config.dataset_options(), config.data_root)
+    method_cls = METHODS.get(config.method)
+    n_tasks = 1 if method_cls.single_task else config.n_tasks
+    split = TaskSplit(data, n_tasks, config.seed, config.shuffle_classes, config.dataset)
+    seed_everything(config.seed)
+    backbone = build_backbone(config.backbone, config.backbone_weights, config.pretrained)
+    method = method_cls(backbone, split.task_sizes, config.method_config()).to(device)
+    return split, method
+
+
+def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Run one configuration end to end and return its result record (not yet stored)."""
+    device = resolve_device(config.device)
+    start = time.time()
+    split, method = build_run(config, device)
+    digest = weights_digest(method.backbone)
+    acc, aware, timings, trainable = [], [], [], []
+    counts: list[int] = []
+    tasks = tqdm(range(split.n_tasks), desc=f"{config.method} on {config.dataset}", disable=not progress)
+    for task in tasks:
+        task_start = time.time()
+        loader = Loader(split.train_set(task), method.cfg.batch_size, shuffle=True,
+                        seed=config.seed * 1000 + task, num_workers=config.num_workers,
+                        pin_memory=device.type == "cuda")
+        method.enter_task(task)
+        method.eval()
+        with torch.no_grad():
+            method.begin_task(task, loader)
+        stats = train_task(method, loader, task, device, config.precision, progress)
+        with torch.no_grad():
+            method.end_task(task, loader)
+        train_s = time.time() - task_start
+        row, aware_row, counts = evaluate(method, split, task, device, config.precision)
+        acc.append(row)
+        aware.append(aware_row)
+        trainable.append(stats["trainable_params"])
+        timings.append({"train_s": round(train_s, 3), "eval_s": round(time.time() - task_start - train_s, 3)})
+        tasks.set_postfix(acc=f"{row[-1]:.1f}")
+    return {
+        "run_id": config.run_id(),
+        "method": config.method,
+        "dataset": config.dataset,
+        "n_tasks": config.n_tasks,
+        "seed": config.seed,
+        "upper_bound": METHODS.get(config.method).upper_bound,
+        "class_order": split.order,
+        "config": config.to_dict(),
+        "acc_matrix": acc,
+        "task_aware_matrix": aware,
+        "test_counts": counts,
+        **summarize(acc, counts, aware),
+        "trainable_params": trainable,
+        "timings": {"total_s": round(time.time() - start, 3), "tasks": timings},
+        "environment": {**environment(device), "backbone_digest": digest},
+        "data_info": split.data.info,
+    }

@@ -1,0 +1,87 @@
+"""Results store: one JSON file per completed run under ``<results_dir>/runs/``, written atomically.
+
+A file exists only for a run that finished (it is written by a temp file + rename once the last
+task is evaluated), so "file exists" means "done". The file name is the run id, which hashes the
+resolved configuration. Unreadable files are reported by name and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+REQUIRED_KEYS = ("run_id", "method", "dataset", "n_tasks", "seed", "acc_matrix", "final_acc", "avg_acc")
+
+
+def runs_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "runs"
+
+
+def result_path(results_dir: str | Path, run_id: str) -> Path:
+    return runs_dir(results_dir) / f"{run_id}.json"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` via a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_json_safe(payload), handle, indent=1, allow_nan=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(results_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Store a completed run's result; returns its path."""
+    path = result_path(results_dir, result["run_id"])
+    write_json_atomic(path, result)
+    return path
+
+
+def is_complete(results_dir: str | Path, run_id: str) -> bool:
+    return result_path(results_dir, run_id).is_file()
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """Parse one result file; ``ValueError`` naming the file if it is corrupt or incomplete."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupt result file {path}: {err}") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"corrupt result file {path}: not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if missing:
+        raise ValueError(f"corrupt result file {path}: missing {', '.join(missing)}")
+    return result
+
+
+def load_results(results_dir: str | Path, warn=None) -> Iterator[dict[str, Any]]:
+    """Every readable result under ``results_dir``; corrupt files are reported via ``warn`` and skipped."""
+    warn = warn or (lambda message: print(f"warning: {message} (skipped)", file=sys.stderr))
+    for path in sorted(runs_dir(results_dir).glob("*.json")):
+        try:
+            yield read_result(path)
+        except ValueError as err:
+            warn(str(err))

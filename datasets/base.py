@@ -1,0 +1,169 @@
+"""Class-incremental task splits: class order by seed, label remapping, per-task data and loaders.
+
+A dataset builder returns a ``ClassIncrementalData`` (train and test sets in natural label ids).
+``TaskSplit`` orders the classes by seed (seed 0: natural order; seed s > 0: Python's
+``random.shuffle`` seeded with s, as the CODA-Prompt code does), remaps every label to its
+position in that order, and cuts consecutive equal chunks into tasks, so task t owns the global
+class ids ``[t*k, (t+1)*k)``. The train/test split never depends on the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from benchmark.errors import ConfigError
+
+
+class TensorImages(Dataset):
+    """In-memory uint8 images (N, C, H, W) with int64 labels; items are float [0, 1] images."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("TensorImages needs uint8 images (N, C, H, W) and N labels")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index].float().div_(255), int(self.labels[index])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once (no per-item collation)."""
+        return self.images[indices].float().div_(255), self.labels[indices]
+
+
+class RemappedLabels(Dataset):
+    """A subset of a dataset with labels mapped through ``label_map`` (natural id -> position)."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray, label_map: np.ndarray):
+        self.subset, self.label_map = Subset(base, indices.tolist()), label_map
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        x, y = self.subset[index]
+        return x, int(self.label_map[y])
+
+
+@dataclass
+class ClassIncrementalData:
+    """What a dataset builder returns: train/test sets with natural labels 0..num_classes-1."""
+
+    num_classes: int
+    train: Dataset
+    test: Dataset
+    train_targets: np.ndarray
+    test_targets: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)  # recorded in the result (split hash, ...)
+
+
+def class_order(num_classes: int, seed: int, shuffle: bool = True) -> list[int]:
+    """CODA-Prompt's rule: natural order for seed 0 (or ``shuffle=False``), else ``random.shuffle``."""
+    order = list(range(num_classes))
+    if shuffle and seed > 0:
+        random.seed(seed)
+        random.shuffle(order)
+    return order
+
+
+def check_n_tasks(num_classes: int, n_tasks: int, dataset: str) -> None:
+    """Raise ``ConfigError`` unless ``n_tasks`` splits the classes into equal tasks."""
+    if n_tasks < 1 or num_classes % n_tasks:
+        divisors = [d for d in range(1, num_classes + 1) if num_classes % d == 0]
+        raise ConfigError(f"--tasks {n_tasks} does not divide the {num_classes} classes of {dataset}; "
+                          f"choose one of {divisors}")
+
+
+class Loader:
+    """Batches of one task's data; shuffling is seeded per (seed, epoch) for exact reproducibility.
+
+    In-memory ``TensorImages`` are sliced a batch at a time; any other dataset goes through a
+    torch ``DataLoader`` with workers and pinned memory.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.seed, self.epoch = seed, 0
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(len(self.dataset))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.dataset), generator=generator)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        if isinstance(self.dataset, TensorImages):
+            for start in range(0, len(order), self.batch_size):
+                yield self.dataset.batch(order[start:start + self.batch_size])
+            return
+        yield from DataLoader(Subset(self.dataset, order.tolist()), batch_size=self.batch_size,
+                              num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+
+class TaskSplit:
+    """The tasks of one run: class order, per-task class ranges and per-task train/test data."""
+
+    def __init__(self, data: ClassIncrementalData, n_tasks: int, seed: int, shuffle_classes: bool = True,
+                 dataset_name: str = "dataset"):
+        check_n_tasks(data.num_classes, n_tasks, dataset_name)
+        self.data, self.n_tasks = data, n_tasks
+        self.order = class_order(data.num_classes, seed, shuffle_classes)
+        self.label_map = np.empty(data.num_classes, dtype=np.int64)
+        self.label_map[self.order] = np.arange(data.num_classes)
+        self.classes_per_task = data.num_classes // n_tasks
+
+    @property
+    def task_sizes(self) -> list[int]:
+        return [self.classes_per_task] * self.n_tasks
+
+    def _task_data(self, dataset: Dataset, targets: np.ndarray, task: int) -> Dataset:
+        positions = self.label_map[targets]
+        lo, hi = task * self.classes_per_task, (task + 1) * self.classes_per_task
+        indices = np.nonzero((positions >= lo) & (positions < hi))[0]
+        if isinstance(dataset, TensorImages):
+            index = torch.from_numpy(indices)
+            return TensorImages(dataset.images[index], torch.from_numpy(positions[indices]))
+        return RemappedLabels(dataset, indices, self.label_map)
+
+    def train_set(self, task: int) -> Dataset:
+        return self._task_data(self.data.train, self.data.train_targets, task)
+
+    def test_set(self, task: int) -> Dataset:
+        return self._task_data(self.data.test, self.data.test_targets, task)
+
+
+@dataclass
+class DatasetOptions:
+    """Per-dataset options (``--set data.KEY=VALUE``); datasets subclass it."""
+
+
+class BenchmarkDataset:
+    """A registered benchmark: class count, default task count and backbone, and its loader."""
+
+    name: str
+    num_classes: int
+    default_n_tasks: int
+    default_backbone: str = "vit_base_patch16_224"
+    Options: type[DatasetOptions] = DatasetOptions
+
+    @classmethod
+    def load(cls, options: DatasetOptions, data_root: str | None) -> ClassIncrementalData:
+        """Load the train/test sets (natural labels) from ``data_root`` or generate them."""
+        raise NotImplementedError

@@ -1,0 +1,213 @@
+"""Built-in synthetic benchmark ``synth``: procedurally generated 32x32 RGB images, no download.
+
+A class is a fixed composition of three parts drawn from a shared vocabulary of primitive
+shapes (stroke, elongated blob, ring, grating patch, checker patch, cross, square outline,
+half-ring arc) and a 10-colour palette; each part has its own type, orientation, size, colour,
+offset from the object centre and texture period, drawn from a per-class seeded generator.
+Samples add nuisance: a two-colour gradient background, two full-contrast distractor
+primitives, a global shift (+-4 px), rotation (sigma 0.25 rad) and scale (0.85-1.15), part
+jitter (1 px, 0.12 rad), colour jitter, 10 % part dropout and pixel noise (sigma 0.06).
+
+Target classes (the benchmark) and *pretext* classes (used once to pretrain the tiny ViT
+backbone, see ``scripts/pretrain_synth_backbone.py``) come from the same vocabulary but from
+disjoint seed namespaces, so low-level structure is shared while class identity lives in the
+mid-level composition. Everything is a pure function of fixed seeds: the train/test split never
+changes and never depends on the run seed. Design facts: ``shared/reference/synthetic.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+from benchmark.errors import ConfigError
+from benchmark.registry import register_dataset
+from datasets.base import BenchmarkDataset, ClassIncrementalData, DatasetOptions, TensorImages
+
+IMAGE_SIZE = 32
+PARTS_PER_CLASS = 3
+N_DISTRACTORS = 2
+GENERATOR_SEED = 20241128
+TARGET, PRETEXT = 0, 1  # seed namespaces of the two disjoint class families
+TRAIN, TEST = 0, 1
+
+PRIMITIVES = ("stroke", "blob", "ring", "grating", "checker", "cross", "square", "arc")
+PALETTE = np.array(
+    [
+        [0.90, 0.10, 0.10],  # red
+        [0.10, 0.70, 0.15],  # green
+        [0.15, 0.25, 0.95],  # blue
+        [0.95, 0.85, 0.10],  # yellow
+        [0.85, 0.15, 0.85],  # magenta
+        [0.10, 0.85, 0.85],  # cyan
+        [0.98, 0.55, 0.05],  # orange
+        [0.98, 0.98, 0.98],  # white
+        [0.05, 0.05, 0.05],  # black
+        [0.55, 0.30, 0.10],  # brown
+    ],
+    dtype=np.float32,
+)
+_SOFT = 0.5  # edge softness of the masks, in pixels
+_CHUNK = 4096  # images rendered per vectorised batch (bounds memory)
+
+
+def class_parts(class_id: int, namespace: int = TARGET) -> dict[str, np.ndarray]:
+    """The fixed composition of one class: arrays of length ``PARTS_PER_CLASS`` per attribute."""
+    rng = np.random.default_rng([GENERATOR_SEED, namespace, class_id])
+    n = PARTS_PER_CLASS
+    return {
+        "type": rng.integers(0, len(PRIMITIVES), n),
+        "angle": rng.uniform(0.0, np.pi, n),
+        "size": rng.uniform(3.0, 6.5, n),
+        "colour": rng.choice(len(PALETTE), n, replace=False),
+        "offset": rng.uniform(-7.5, 7.5, (n, 2)),
+        "period": rng.uniform(2.5, 5.0, n),
+    }
+
+
+def _masks(kind: int, u: np.ndarray, v: np.ndarray, size: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Soft [0,1] masks of one primitive type; u, v are local coordinates (M, H, W)."""
+    r = size[:, None, None]
+    p = period[:, None, None]
+    radius = np.sqrt(u * u + v * v)
+
+    def stroke(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return expit((r - np.abs(a)) / _SOFT) * expit((1.0 - np.abs(b)) / _SOFT)
+
+    name = PRIMITIVES[kind]
+    if name == "stroke":
+        return stroke(u, v)
+    if name == "blob":
+        return np.exp(-(u * u) / (r * r) - (v * v) / (0.2 * r * r))
+    if name == "ring":
+        return np.exp(-((radius - r) ** 2) / (2 * 0.8**2))
+    if name == "grating":
+        return expit((r - radius) / _SOFT) * (0.5 + 0.5 * np.cos(2 * np.pi * u / p))
+    if name == "checker":
+        box = expit((r - np.abs(u)) / _SOFT) * expit((r - np.abs(v)) / _SOFT)
+        return box * (0.5 + 0.5 * np.tanh(4.0 * np.sin(np.pi * u / p) * np.sin(np.pi * v / p)))
+    if name == "cross":
+        return np.maximum(stroke(u, v), stroke(v, u))
+    if name == "square":
+        return np.exp(-((np.maximum(np.abs(u), np.abs(v)) - r) ** 2) / (2 * 0.7**2))
+    if name == "arc":
+        return np.exp(-((radius - r) ** 2) / (2 * 0.8**2)) * expit(v / _SOFT)
+    raise ValueError(f"unknown primitive {kind}")
+
+
+def _paint(canvas: np.ndarray, kinds: np.ndarray, centre: np.ndarray, angle: np.ndarray,
+           size: np.ndarray, period: np.ndarray, colour: np.ndarray, visible: np.ndarray) -> None:
+    """Alpha-composite one primitive per image onto ``canvas`` (N, H, W, 3), in place."""
+    coords = np.arange(IMAGE_SIZE, dtype=np.float32)
+    ys, xs = np.meshgrid(coords, coords, indexing="ij")
+    for kind in np.unique(kinds):
+        idx = np.nonzero((kinds == kind) & visible)[0]
+        if idx.size == 0:
+            continue
+        dx = xs[None] - centre[idx, 0, None, None]
+        dy = ys[None] - centre[idx, 1, None, None]
+        cos, sin = np.cos(angle[idx])[:, None, None], np.sin(angle[idx])[:, None, None]
+        u, v = cos * dx + sin * dy, -sin * dx + cos * dy
+        alpha = _masks(int(kind), u, v, size[idx], period[idx])[..., None].astype(np.float32)
+        canvas[idx] = canvas[idx] * (1 - alpha) + alpha * colour[idx, None, None, :]
+
+
+def _render_chunk(labels: np.ndarray, namespace: int, rng: np.random.Generator) -> np.ndarray:
+    """Render one image per label; returns uint8 (N, 3, H, W)."""
+    n = len(labels)
+    comps = [class_parts(int(c), namespace) for c in range(int(labels.max()) + 1)]
+    table = {k: np.stack([comp[k] for comp in comps]) for k in comps[0]}
+
+    # background: a linear gradient between two random colours
+    c1, c2 = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
+    direction = rng.uniform(0, 2 * np.pi, n)
+    grid = (np.arange(IMAGE_SIZE) - (IMAGE_SIZE - 1) / 2) / IMAGE_SIZE
+    ramp = (np.cos(direction)[:, None, None] * grid[None, None, :]
+            + np.sin(direction)[:, None, None] * grid[None, :, None]) + 0.5
+    canvas = (c1[:, None, None] + (c2 - c1)[:, None, None] * ramp[..., None]).astype(np.float32)
+
+    # distractors: random primitives at random places, full contrast
+    for _ in range(N_DISTRACTORS):
+        _paint(canvas, rng.integers(0, len(PRIMITIVES), n), rng.uniform(2, IMAGE_SIZE - 2, (n, 2)),
+               rng.uniform(0, np.pi, n), rng.uniform(2.0, 4.5, n), rng.uniform(2.5, 5.0, n),
+               PALETTE[rng.integers(0, len(PALETTE), n)], np.ones(n, dtype=bool))
+
+    # the object: the class's parts under a global similarity transform plus per-part jitter
+    shift = rng.uniform(-4, 4, (n, 2))
+    rot = rng.normal(0, 0.25, n)
+    scale = rng.uniform(0.85, 1.15, n)
+    cos, sin = np.cos(rot), np.sin(rot)
+    centre0 = (IMAGE_SIZE - 1) / 2 + shift
+    for part in range(PARTS_PER_CLASS):
+        off = table["offset"][labels, part]
+        rotated = np.stack([cos * off[:, 0] - sin * off[:, 1], sin * off[:, 0] + cos * off[:, 1]], 1)
+        centre = centre0 + scale[:, None] * rotated + rng.normal(0, 1.0, (n, 2))
+        colour = np.clip(PALETTE[table["colour"][labels, part]] + rng.normal(0, 0.08, (n, 3)), 0, 1)
+        _paint(canvas, table["type"][labels, part], centre,
+               table["angle"][labels, part] + rot + rng.normal(0, 0.12, n),
+               table["size"][labels, part] * scale, table["period"][labels, part] * scale,
+               colour.astype(np.float32), rng.uniform(0, 1, n) >= 0.1)
+
+    canvas += rng.normal(0, 0.06, canvas.shape).astype(np.float32)
+    return (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 3, 1, 2)
+
+
+def generate(num_classes: int, per_class: int, split: int, namespace: int = TARGET,
+             stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of ``per_class`` samples per class.
+
+    Deterministic in (namespace, split, stream): the same call always returns the same arrays.
+    ``stream`` selects further independent draws (the pretraining script uses one per epoch).
+    """
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
+    order = np.random.default_rng([GENERATOR_SEED, namespace, split, stream, 0]).permutation(len(labels))
+    labels = labels[order]
+    chunks = []
+    for i, start in enumerate(range(0, len(labels), _CHUNK)):
+        rng = np.random.default_rng([GENERATOR_SEED, namespace, split, stream, i + 1])
+        chunks.append(_render_chunk(labels[start:start + _CHUNK], namespace, rng))
+    return np.concatenate(chunks), labels
+
+
+@dataclass
+class SynthOptions(DatasetOptions):
+    """Sizes of the fixed split (per class); the images themselves never change."""
+
+    train_per_class: int = 100
+    test_per_class: int = 30
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_split(num_classes: int, train_per_class: int, test_per_class: int):
+    x_train, y_train = generate(num_classes, train_per_class, TRAIN)
+    x_test, y_test = generate(num_classes, test_per_class, TEST)
+    return x_train, y_train, x_test, y_test
+
+
+@register_dataset("synth")
+class SynthBenchmark(BenchmarkDataset):
+    """100 procedurally generated classes, 10 tasks by default, read by the shipped tiny ViT."""
+
+    num_classes = 100
+    default_n_tasks = 10
+    default_backbone = "vit_tiny_synth"
+    Options = SynthOptions
+
+    @classmethod
+    def load(cls, options: SynthOptions, data_root: str | None) -> ClassIncrementalData:
+        for key in ("train_per_class", "test_per_class"):
+            if getattr(options, key) < 1:
+                raise ConfigError(f"data.{key} must be at least 1, got {getattr(options, key)}")
+        x_train, y_train, x_test, y_test = _cached_split(cls.num_classes, options.train_per_class,
+                                                         options.test_per_class)
+        return ClassIncrementalData(
+            num_classes=cls.num_classes,
+            train=TensorImages(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+            test=TensorImages(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+            train_targets=y_train, test_targets=y_test,
+            info={"generator_seed": GENERATOR_SEED, "image_size": IMAGE_SIZE},
+        )

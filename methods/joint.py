@@ -1,0 +1,19 @@
+"""``joint``: the upper bound. Sequential LoRA's trainable parameters, trained on all classes at once.
+
+The protocol trains it as one single task over every class of the benchmark (one head over all
+classes, the same LoRA branch on k and v), then evaluates on the whole test set. It is reported
+in its own table row as a reference, not as a continual method.
+"""
+
+from __future__ import annotations
+
+from benchmark.registry import register_method
+from methods.seq_lora import SeqLoRA
+
+
+@register_method("joint")
+class JointLoRA(SeqLoRA):
+    """Sequential LoRA's architecture trained non-incrementally: the joint-training upper bound."""
+
+    single_task = True
+    upper_bound = True

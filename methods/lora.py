@@ -1,0 +1,125 @@
+"""Low-rank branches on a ViT block's fused qkv projection, written once for every LoRA method.
+
+``LoRAQKV`` wraps timm's ``attn.qkv`` Linear (weight W of shape (3d, d)) and adds any number of
+branches. A branch holds, per target projection (``"k"``, ``"v"`` and/or ``"q"``), a
+down-projection D (rank x d) and an up-projection U (d x rank); it adds U D x to that
+projection's output, with no alpha/r scaling and no bias (as in the InfLoRA code). Sequential
+LoRA trains one branch; InfLoRA adds one branch per task with a designed, frozen D.
+
+Compute paths (identical results up to float rounding):
+* with autograd off (evaluation), every branch is merged into one weight W + sum(U D), so
+  inference costs the same as the plain backbone whatever the number of branches;
+* with autograd on, frozen branches (no parameter requiring grad) are merged into the weight
+  and trainable ones run as low-rank products, so only the low-rank factors get gradients.
+Merged weights are cached and recomputed when any parameter changes (tracked by the tensors'
+version counters and storage), so the cache can never go stale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
+
+
+class LoRABranch(nn.Module):
+    """One low-rank increment per target projection: Delta W_target = up[target] @ down[target]."""
+
+    def __init__(self, dim: int, rank: int, targets: tuple[str, ...]):
+        super().__init__()
+        self.targets = targets
+        self.down = nn.ParameterDict({t: nn.Parameter(torch.empty(rank, dim)) for t in targets})
+        self.up = nn.ParameterDict({t: nn.Parameter(torch.zeros(dim, rank)) for t in targets})
+        for weight in self.down.values():  # standard LoRA init: random down, zero up
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+    def is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def delta(self, target: str) -> torch.Tensor:
+        """The (d, d) weight increment on one target projection."""
+        return self.up[target] @ self.down[target]
+
+
+class LoRAQKV(nn.Module):
+    """A frozen fused qkv Linear plus LoRA branches on some of its q/k/v outputs."""
+
+    def __init__(self, base: nn.Linear, targets: tuple[str, ...] = ("k", "v")):
+        super().__init__()
+        unknown = set(targets) - set(TARGET_INDEX)
+        if unknown:
+            raise ValueError(f"unknown LoRA targets {sorted(unknown)}; valid: q, k, v")
+        self.base = base
+        self.targets = tuple(targets)
+        self.dim = base.in_features
+        self.branches = nn.ModuleList()
+        self._merged_cache: dict[tuple[int, ...], tuple[tuple, torch.Tensor]] = {}
+
+    def add_branch(self, rank: int) -> LoRABranch:
+        """Append a new branch (random down, zero up) on this layer's targets and return it."""
+        branch = LoRABranch(self.dim, rank, self.targets).to(self.base.weight.device)
+        self.branches.append(branch)
+        return branch
+
+    def delta_weight(self, branches: list[LoRABranch]) -> torch.Tensor:
+        """Sum of the branches' increments laid out like the fused (3d, d) weight."""
+        blocks = [torch.zeros_like(self.base.weight[:self.dim]) for _ in TARGET_INDEX]
+        for branch in branches:
+            for target in branch.targets:
+                blocks[TARGET_INDEX[target]] = blocks[TARGET_INDEX[target]] + branch.delta(target)
+        return torch.cat(blocks, 0)
+
+    def merged_weight(self, indices: tuple[int, ...]) -> torch.Tensor:
+        """W + sum of the given branches' increments, cached until a parameter changes."""
+        tensors = [self.base.weight] + [p for i in indices for p in self.branches[i].parameters()]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = self._merged_cache.get(indices)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.inference_mode(False), torch.no_grad():
+            weight = self.base.weight + self.delta_weight([self.branches[i] for i in indices])
+        self._merged_cache = {indices: (key, weight)} | {
+            k: v for k, v in self._merged_cache.items() if k != indices}
+        return weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.linear(x, self.merged_weight(tuple(range(len(self.branches)))), self.base.bias)
+        frozen = tuple(i for i, b in enumerate(self.branches) if not b.is_trainable())
+        weight = self.merged_weight(frozen) if frozen else self.base.weight
+        out = F.linear(x, weight, self.base.bias)
+        live = [b for b in self.branches if b.is_trainable()]
+        if not live:
+            return out
+        q, k, v = out.split(self.dim, dim=-1)
+        parts = {"q": q, "k": k, "v": v}
+        for branch in live:
+            for target in branch.targets:
+                parts[target] = parts[target] + (x @ branch.down[target].t()) @ branch.up[target].t()
+        return torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
+
+    def unmerged_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reference path: base projection plus every branch as an explicit low-rank product."""
+        out = F.linear(x, self.base.weight, self.base.bias)
+        return out + F.linear(x, self.delta_weight(list(self.branches)))
+
+
+def add_lora_qkv(vit: nn.Module, blocks: list[int] | None = None,
+                 targets: tuple[str, ...] = ("k", "v")) -> list[LoRAQKV]:
+    """Wrap ``attn.qkv`` of the chosen blocks (default: all) of a timm ViT; returns the wrappers."""
+    n_blocks = len(vit.blocks)
+    chosen = list(range(n_blocks)) if blocks is None else list(blocks)
+    bad = [b for b in chosen if not 0 <= b < n_blocks]
+    if bad:
+        raise ValueError(f"LoRA blocks {bad} out of range for a ViT with {n_blocks} blocks")
+    layers = []
+    for index in chosen:
+        attn = vit.blocks[index].attn
+        if not isinstance(attn.qkv, LoRAQKV):
+            attn.qkv = LoRAQKV(attn.qkv, targets)
+        layers.append(attn.qkv)
+    return layers
