@@ -1,0 +1,1 @@
+"""Continual-learning methods; each module registers its methods with ``benchmark.registry``."""

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.backbones import SYNTH_VIT_FILE, SYNTH_VIT_KWARGS, SYNTH_VIT_META, build_tiny_vit  # noqa: E402
+from benchmark.backbones import (SYNTH_VIT_FILE, SYNTH_VIT_KWARGS, SYNTH_VIT_META, build_tiny_vit,  # noqa: E402
+                                 weights_digest)
 from datasets.synthetic import PRETEXT, TEST, TRAIN, generate  # noqa: E402
 
 
@@ -80,8 +81,11 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, args.out)
+    backbone = build_tiny_vit()
+    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
     meta = {
         "architecture": SYNTH_VIT_KWARGS,
+        "weights_digest": weights_digest(backbone),
         "pretext_classes": args.classes,
         "pretext_test_accuracy": round(acc, 2),
         "pretext_test_images": len(y_test),

@@ -1,0 +1,75 @@
+"""The command line: one-line errors with exit 2, runs stored once, skipped unless --force."""
+
+import pytest
+import torch
+
+from benchmark import store
+from benchmark.cli import main
+from methods.frozen import FrozenBackbone
+
+TINY = ["--tasks", "5", "--epochs", "1", "--set", "data.train_per_class=3", "--set", "data.test_per_class=2",
+        "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--dataset", "cifar1000"], "unknown dataset 'cifar1000'"),
+    (["--epochs", "-3"], "epochs must be at least 1"),
+    (["--lr", "0"], "learning rate must be positive"),
+    (["--tasks", "7"], "does not divide the 100 classes"),
+    (["--tasks", "0"], "--tasks must be at least 1"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    (["--set", "rnak=3"], "unknown setting 'rnak'"),
+    (["--methods", "seq-lora", "--set", "rank=abc"], "bad value 'abc' for rank"),
+    (["--set", "data.train_per_class=0"], "data.train_per_class must be at least 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, results_dir):
+    assert main(argv + ["--results-dir", str(results_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not store.runs_dir(results_dir).exists()
+
+
+def test_argparse_type_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--epochs", "many"])
+    assert info.value.code == 2
+
+
+def test_list_prints_methods_and_datasets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "seq-lora" in out and "synth" in out
+
+
+def test_run_stores_results_and_skips_them_next_time(capsys, results_dir):
+    argv = ["--methods", "frozen", "seq-lora", "--results-dir", str(results_dir)] + TINY
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| frozen" in out and "| seq-lora" in out and "A_T (%)" in out
+    files = sorted(store.runs_dir(results_dir).glob("*.json"))
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("result exists, skipped") == 2
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert main(argv + ["--force"]) == 0
+    assert [f.stat().st_mtime_ns for f in files] != stamps
+
+
+def test_corrupt_result_is_rerun_with_a_warning(capsys, results_dir):
+    argv = ["--methods", "frozen", "--results-dir", str(results_dir)] + TINY
+    assert main(argv) == 0
+    (path,) = store.runs_dir(results_dir).glob("*.json")
+    path.write_text("{not json")
+    assert main(argv) == 0
+    assert "corrupt result file" in capsys.readouterr().err
+    assert store.read_result(path)["method"] == "frozen"
+
+
+def test_nan_loss_fails_the_run_without_writing_a_result(monkeypatch, capsys, results_dir):
+    monkeypatch.setattr(FrozenBackbone, "training_loss",
+                        lambda self, x, y, task: torch.tensor(float("inf"), requires_grad=True))
+    assert main(["--methods", "frozen", "--results-dir", str(results_dir)] + TINY) == 1
+    assert "error: frozen: loss is inf at task 1" in capsys.readouterr().err
+    assert not list(store.runs_dir(results_dir).glob("*.json"))

@@ -1,0 +1,74 @@
+"""Class order by seed, task splits and label remapping (reference/protocol.md sections 3-4)."""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.errors import ConfigError
+from datasets.base import ClassIncrementalData, Loader, TaskSplit, TensorImages, check_n_tasks, class_order
+
+
+@pytest.mark.parametrize("num_classes, first_ten", [
+    (100, [53, 37, 65, 51, 4, 20, 38, 9, 10, 81]),
+    (200, [33, 146, 79, 19, 23, 131, 12, 187, 174, 32]),
+    (345, [300, 209, 181, 77, 120, 227, 211, 231, 229, 111]),
+])
+def test_seed_one_matches_the_coda_reference_vectors(num_classes, first_ten):
+    assert class_order(num_classes, 1)[:10] == first_ten
+
+
+def test_seed_zero_and_unshuffled_keep_the_natural_order():
+    assert class_order(100, 0) == list(range(100))
+    assert class_order(100, 4, shuffle=False) == list(range(100))
+    assert sorted(class_order(100, 2)) == list(range(100))
+
+
+def test_n_tasks_must_divide_the_classes():
+    check_n_tasks(100, 10, "x")
+    with pytest.raises(ConfigError, match="does not divide the 100 classes"):
+        check_n_tasks(100, 7, "x")
+    with pytest.raises(ConfigError):
+        check_n_tasks(100, 0, "x")
+
+
+def _data(num_classes=10, per_class=3):
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).to(torch.uint8).contiguous()  # pixel = label
+    return ClassIncrementalData(num_classes, TensorImages(images, labels), TensorImages(images, labels),
+                                labels.numpy(), labels.numpy())
+
+
+def test_tasks_partition_the_classes_in_order_and_remap_labels():
+    split = TaskSplit(_data(), n_tasks=5, seed=1)
+    seen = []
+    for task in range(5):
+        train = split.train_set(task)
+        positions = sorted(set(train.labels.tolist()))
+        assert positions == [2 * task, 2 * task + 1]  # task t owns global ids [2t, 2t+2)
+        originals = sorted(set(train.images[:, 0, 0, 0].tolist()))
+        assert originals == sorted(split.order[2 * task:2 * task + 2])  # the right original classes
+        for image, label in zip(train.images, train.labels):
+            assert split.order[label] == image[0, 0, 0].item()
+        seen += originals
+    assert sorted(seen) == list(range(10))
+
+
+def test_loader_shuffles_reproducibly_per_epoch():
+    data = TensorImages(torch.zeros(20, 1, 2, 2, dtype=torch.uint8), torch.arange(20))
+    loader = Loader(data, batch_size=8, shuffle=True, seed=5)
+    first = torch.cat([y for _, y in loader])
+    assert torch.equal(first, torch.cat([y for _, y in loader]))
+    loader.set_epoch(1)
+    assert not torch.equal(first, torch.cat([y for _, y in loader]))
+    assert sorted(first.tolist()) == list(range(20)) and len(loader) == 3
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.float32 and x.max() <= 1
+
+
+def test_generic_datasets_go_through_a_dataloader_with_remapped_labels():
+    data = _data()
+    data.train = torch.utils.data.TensorDataset(torch.arange(30).float(), torch.from_numpy(data.train_targets))
+    split = TaskSplit(data, n_tasks=2, seed=0)
+    labels = torch.cat([y for _, y in Loader(split.train_set(1), 4, shuffle=True)])
+    assert sorted(set(labels.tolist())) == [5, 6, 7, 8, 9] and len(labels) == 15
+    assert np.array_equal(split.label_map, np.arange(10))

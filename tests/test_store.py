@@ -1,0 +1,56 @@
+"""Results store: atomic writes, run ids, corrupt files reported and skipped."""
+
+import json
+
+import pytest
+
+from benchmark import store
+from tests.conftest import tiny_config
+
+RESULT = {"run_id": "m_synth_T5_s0_abc", "method": "m", "dataset": "synth", "n_tasks": 5, "seed": 0,
+          "acc_matrix": [[50.0]], "final_acc": 50.0, "avg_acc": 50.0}
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(results_dir):
+    path = store.write_result(results_dir, RESULT)
+    assert path == store.result_path(results_dir, RESULT["run_id"])
+    assert store.read_result(path) == RESULT
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert store.is_complete(results_dir, RESULT["run_id"])
+
+
+def test_failed_write_keeps_the_previous_file(results_dir):
+    path = store.write_result(results_dir, RESULT)
+    with pytest.raises(TypeError):
+        store.write_result(results_dir, {**RESULT, "bad": object()})
+    assert store.read_result(path) == RESULT
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_non_finite_values_are_stored_as_null(results_dir):
+    path = store.write_result(results_dir, {**RESULT, "forgetting": float("nan")})
+    assert json.loads(path.read_text())["forgetting"] is None
+
+
+def test_corrupt_files_are_reported_by_name_and_skipped(results_dir):
+    store.write_result(results_dir, RESULT)
+    runs = store.runs_dir(results_dir)
+    (runs / "truncated.json").write_text('{"run_id": "x", "acc')
+    (runs / "incomplete.json").write_text('{"run_id": "y"}')
+    warnings = []
+    loaded = list(store.load_results(results_dir, warn=warnings.append))
+    assert loaded == [RESULT]
+    assert len(warnings) == 2
+    assert any("truncated.json" in w for w in warnings) and any("incomplete.json" in w for w in warnings)
+    assert all("\n" not in w for w in warnings)
+
+
+def test_run_id_hashes_what_changes_results_only():
+    base = tiny_config("seq-lora")
+    assert base.run_id() == tiny_config("seq-lora").run_id()
+    assert base.run_id().startswith("seq-lora_synth_T5_s0_")
+    assert tiny_config("seq-lora", rank=4).run_id() != base.run_id()
+    assert tiny_config("seq-lora", seed=1).run_id() != base.run_id()
+    moved = tiny_config("seq-lora")
+    moved.device, moved.data_root, moved.num_workers = "cuda", "/elsewhere", 8
+    assert moved.run_id() == base.run_id()
