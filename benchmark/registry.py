@@ -20,7 +20,7 @@ from benchmark.errors import ConfigError
 T = TypeVar("T")
 
 # Modules that register methods / datasets when imported, in table order.
-METHOD_MODULES = ("methods.frozen", "methods.seq_lora", "methods.joint")
+METHOD_MODULES = ("methods.frozen", "methods.seq_lora", "methods.inflora", "methods.joint")
 DATASET_MODULES = ("datasets.synthetic",)
 
 

@@ -97,6 +97,11 @@ class Method(nn.Module):
         return self._task_starts[self._current_task + 1]
 
     @property
+    def device(self) -> torch.device:
+        """Where the backbone (and so the method) lives; hooks move their data here."""
+        return next(self.backbone.parameters()).device
+
+    @property
     def feature_dim(self) -> int:
         return self.backbone.num_features
 
