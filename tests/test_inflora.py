@@ -7,32 +7,11 @@ import timm
 import torch
 
 from benchmark import protocol
-from datasets.base import Loader
 from methods.inflora import InfLoRA, InfLoRAConfig
 from methods.seq_lora import SeqLoRA, SeqLoRAConfig
-from tests.conftest import tiny_config
+from tests.conftest import begin_task as _begin, finish_task as _finish, probe_images as _probe, tiny_config
 
 CPU = torch.device("cpu")
-
-
-def _loader(split, method, task):
-    return Loader(split.train_set(task), method.cfg.batch_size, shuffle=True, seed=task)
-
-
-def _begin(method, split, task):
-    method.enter_task(task)
-    with torch.no_grad():
-        method.begin_task(task, _loader(split, method, task))
-
-
-def _finish(method, split, task):
-    protocol.train_task(method, _loader(split, method, task), task, CPU)
-    with torch.no_grad():
-        method.end_task(task, _loader(split, method, task))
-
-
-def _probe(split):
-    return torch.stack([split.test_set(0)[i][0] for i in range(16)])
 
 
 def test_vit_b16_trainable_parameters_match_the_reference():

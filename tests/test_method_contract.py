@@ -15,28 +15,9 @@ import torch
 
 from benchmark import protocol
 from benchmark.registry import METHODS
-from datasets.base import Loader
-from tests.conftest import tiny_config
+from tests.conftest import probe_images, run_task, task_loader, tiny_config
 
 DEVICE = torch.device("cpu")
-
-
-def _loader(split, method, task, seed=0):
-    return Loader(split.train_set(task), method.cfg.batch_size, shuffle=True, seed=seed * 1000 + task)
-
-
-def _run_task(method, split, task):
-    loader = _loader(split, method, task)
-    method.enter_task(task)
-    with torch.no_grad():
-        method.begin_task(task, loader)
-    protocol.train_task(method, loader, task, DEVICE)
-    with torch.no_grad():
-        method.end_task(task, loader)
-
-
-def _probe_images(split, n=8):
-    return torch.stack([split.test_set(0)[i][0] for i in range(n)])
 
 
 @pytest.fixture(params=METHODS.names())
@@ -46,9 +27,9 @@ def method_name(request):
 
 def test_predicts_only_over_seen_classes(method_name):
     split, method = protocol.build_run(tiny_config(method_name), DEVICE)
-    x = _probe_images(split)
+    x = probe_images(split, 8)
     for task in range(split.n_tasks):
-        _run_task(method, split, task)
+        run_task(method, split, task)
         logits = method.predict(x)
         assert logits.shape == (len(x), sum(split.task_sizes[:task + 1]))
         assert torch.isfinite(logits).all()
@@ -61,7 +42,7 @@ def test_trains_exactly_what_it_declares(method_name):
                      if id(v) in method._frozen_ids}
     assert frozen_before, "the backbone's weights must be tracked as frozen"
     for task in range(min(split.n_tasks, 2)):
-        loader = _loader(split, method, task)
+        loader = task_loader(split, method, task)
         method.enter_task(task)
         with torch.no_grad():
             method.begin_task(task, loader)
@@ -84,7 +65,7 @@ def test_trains_exactly_what_it_declares(method_name):
 
 def test_every_declared_parameter_gets_a_gradient(method_name):
     split, method = protocol.build_run(tiny_config(method_name), DEVICE)
-    loader = _loader(split, method, 0)
+    loader = task_loader(split, method, 0)
     method.enter_task(0)
     with torch.no_grad():
         method.begin_task(0, loader)
@@ -107,7 +88,7 @@ def test_state_round_trips(method_name):
     split, method = protocol.build_run(config, DEVICE)
     tasks = min(split.n_tasks, 2)
     for task in range(tasks):
-        _run_task(method, split, task)
+        run_task(method, split, task)
     buffer = io.BytesIO()
     torch.save(method.checkpoint_state(), buffer)
     buffer.seek(0)
@@ -116,7 +97,7 @@ def test_state_round_trips(method_name):
     _, restored = protocol.build_run(config, DEVICE)
     restored.load_checkpoint_state(state)
     assert restored.current_task == tasks - 1
-    x = _probe_images(split)
+    x = probe_images(split, 8)
     assert torch.equal(method.predict(x), restored.predict(x))
 
 
@@ -128,7 +109,7 @@ def test_deterministic_under_a_seed(method_name):
     assert first["class_order"] == second["class_order"] != list(range(100))
     split_a, a = protocol.build_run(config, DEVICE)
     split_b, b = protocol.build_run(config, DEVICE)
-    _run_task(a, split_a, 0)
-    _run_task(b, split_b, 0)
+    run_task(a, split_a, 0)
+    run_task(b, split_b, 0)
     for (key, va), vb in zip(a.checkpoint_state()["module"].items(), b.checkpoint_state()["module"].values()):
         assert torch.equal(va, vb), f"{key} differs between two runs with the same seed"
