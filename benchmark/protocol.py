@@ -62,8 +62,11 @@ def build_optimizer(groups: list[dict], hp) -> torch.optim.Optimizer:
     return optimizer_cls(groups, lr=hp.lr, betas=(0.9, 0.999), weight_decay=hp.weight_decay)
 
 
-def epoch_lr_factor(epoch: int, epochs: int, schedule: str) -> float:
-    """Per-epoch lr multiplier: CODA/InfLoRA cosine cos(99 pi e / (200 (K-1))), or constant."""
+def epoch_lr_factor(epoch: int, epochs: int, schedule: str, milestones: list[int] = (),
+                    gamma: float = 0.1) -> float:
+    """Per-epoch lr multiplier: CODA/InfLoRA cosine cos(99 pi e / (200 (K-1))), step, or constant."""
+    if schedule == "step":
+        return gamma ** sum(epoch >= m for m in milestones)
     if schedule == "constant" or epochs == 1:
         return 1.0
     return math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
@@ -101,7 +104,7 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
     steps = 0
     bar = tqdm(range(hp.epochs), desc=f"{method.name} task {task + 1}", leave=False, disable=not progress)
     for epoch in bar:
-        factor = epoch_lr_factor(epoch, hp.epochs, hp.schedule)
+        factor = epoch_lr_factor(epoch, hp.epochs, hp.schedule, hp.milestones, hp.gamma)
         for group, base_lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base_lr * factor
         loader.set_epoch(epoch)

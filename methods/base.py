@@ -22,7 +22,7 @@ No training loop, no optimiser, no argparse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -38,16 +38,20 @@ class MethodConfig:
 
     The optimiser and schedule are built by the protocol from these values, fresh for each task.
     ``schedule="cosine"`` is the per-epoch cosine of the CODA-Prompt and InfLoRA code:
-    lr_e = lr * cos(99 pi e / (200 (K-1))) for epoch e of K (constant when K = 1).
+    lr_e = lr * cos(99 pi e / (200 (K-1))) for epoch e of K (constant when K = 1);
+    ``"step"`` multiplies the lr by ``gamma`` at each epoch in ``milestones``.
     """
 
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    head_lr: float = 0.0  # learning rate of the classifier heads; 0 = same as lr
     optimizer: str = "adam"  # adam | adamw | sgd
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | step
+    milestones: list[int] = field(default_factory=list)  # step schedule: epochs where lr *= gamma
+    gamma: float = 0.1
     grad_clip: float = 0.0  # max grad norm; 0 disables
 
 
@@ -120,6 +124,14 @@ class Method(nn.Module):
     def trainable_parameters(self, task: int) -> list[dict[str, Any]]:
         """Parameter groups (``{"params": [...], optional "lr": ...}``) to train on ``task``."""
         raise NotImplementedError
+
+    def param_groups(self, adapter: list[nn.Parameter], head: nn.Module) -> list[dict[str, Any]]:
+        """Groups for adapter parameters and a head, the head at ``cfg.head_lr`` when set."""
+        groups = [{"params": list(adapter)}] if adapter else []
+        head_group: dict[str, Any] = {"params": list(head.parameters())}
+        if self.cfg.head_lr > 0:
+            head_group["lr"] = self.cfg.head_lr
+        return groups + [head_group]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over the classes seen so far, shape (B, n_seen_classes)."""

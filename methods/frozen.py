@@ -38,7 +38,7 @@ class FrozenBackbone(Method):
         self.heads = TaskHeads(self.feature_dim, self.task_sizes)
 
     def trainable_parameters(self, task: int) -> list[dict]:
-        return [{"params": list(self.heads.heads[task].parameters())}]
+        return self.param_groups([], self.heads.heads[task])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # nothing below the heads is trained: skip the backbone's graph

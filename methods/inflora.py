@@ -24,8 +24,9 @@ Where the official code and the paper differ, this follows the code (see the ref
 * k and v share one designed D_t per layer (the code copies it into both);
 * DomainNet uses rank 30 (the paper's appendix says 20 for InfLoRA-b5) and plain GPM, as the
   code's domain variant does. The code trains DomainNet with SGD (lr 5e-3 branch / 1e-2 head,
-  x0.1 at epoch 4); this harness uses the paper's Adam recipe by default and the SGD recipe is
-  not implemented yet;
+  x0.1 at epoch 4); this harness uses the paper's Adam recipe by default, and the code's recipe
+  is one option away: ``--set optimizer=sgd --set lr=5e-3 --set head_lr=1e-2 --set schedule=step
+  --set milestones=4``;
 * ``inflora-b5`` runs plain GPM (no dual switch), as methods/inflorab5.py does.
 Implementation choices that do not change the mathematics: the frozen branches of past tasks
 are folded into the weight while task t trains (flat cost per step), and evaluation runs on
@@ -133,7 +134,7 @@ class InfLoRA(Method):
 
     def trainable_parameters(self, task: int) -> list[dict]:
         ups = [branch.up[target] for branch in self.branches(task) for target in ("k", "v")]
-        return [{"params": ups + list(self.heads.heads[task].parameters())}]
+        return self.param_groups(ups, self.heads.heads[task])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads(self.features(x), self.current_task)

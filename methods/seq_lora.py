@@ -52,7 +52,7 @@ class SeqLoRA(Method):
 
     def trainable_parameters(self, task: int) -> list[dict]:
         lora = [p for branch in self.branches for p in branch.parameters()]
-        return [{"params": lora + list(self.heads.heads[task].parameters())}]
+        return self.param_groups(lora, self.heads.heads[task])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads(self.features(x), self.current_task)

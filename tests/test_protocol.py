@@ -61,3 +61,14 @@ def test_joint_is_one_task_over_all_classes():
     assert result["upper_bound"] and result["n_tasks"] == 5
     assert len(result["acc_matrix"]) == 1 and result["test_counts"] == [200]
     assert result["forgetting"] is None
+
+
+def test_step_schedule_and_head_learning_rate():
+    assert [protocol.epoch_lr_factor(e, 5, "step", [4], 0.1) for e in range(5)] == pytest.approx([1, 1, 1, 1, 0.1])
+    config = tiny_config("inflora", optimizer="sgd", lr="5e-3", head_lr="1e-2", schedule="step", milestones="4")
+    split, method = protocol.build_run(config, torch.device("cpu"))
+    groups = method.trainable_parameters(0)
+    optimizer = protocol.build_optimizer(groups, method.cfg)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert [g["lr"] for g in optimizer.param_groups] == [5e-3, 1e-2]
+    assert optimizer.param_groups[1]["params"] == list(method.heads.heads[0].parameters())
