@@ -163,4 +163,6 @@ def validate(config: RunConfig) -> None:
     from datasets.base import check_n_tasks  # local: datasets import the registry, not the config
 
     check_n_tasks(DATASETS.get(config.dataset).num_classes, config.n_tasks, config.dataset)
+    config.method_config()  # method-specific checks (Config.__post_init__)
+    config.dataset_options()
 

@@ -40,6 +40,7 @@ from typing import Iterable
 
 import torch
 
+from benchmark.errors import ConfigError
 from benchmark.registry import register_method
 from methods.base import Method, MethodConfig, TaskHeads
 from methods.lora import LoRAQKV, add_lora_qkv
@@ -56,6 +57,11 @@ class InfLoRAConfig(MethodConfig):
     eps_end: float = 1.0  # lambda_e
     dual: bool = True  # DualGPM (remove/retain switch); False = plain GPM
     lr: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps_start <= self.eps_end <= 1:
+            raise ConfigError(f"InfLoRA thresholds need 0 < eps_start <= eps_end <= 1, got "
+                              f"eps_start={self.eps_start}, eps_end={self.eps_end}")
 
 
 # Official configs (liangyanshuo/InfLoRA configs/*.json), Adam, batch 128, per-epoch cosine.

@@ -22,6 +22,7 @@ TINY = ["--tasks", "5", "--epochs", "1", "--set", "data.train_per_class=3", "--s
     (["--set", "rnak=3"], "unknown setting 'rnak'"),
     (["--methods", "seq-lora", "--set", "rank=abc"], "bad value 'abc' for rank"),
     (["--set", "data.train_per_class=0"], "data.train_per_class must be at least 1"),
+    (["--methods", "inflora", "--set", "eps_start=1.5"], "InfLoRA thresholds need 0 < eps_start"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, results_dir):
     assert main(argv + ["--results-dir", str(results_dir)]) == 2
