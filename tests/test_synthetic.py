@@ -33,12 +33,14 @@ def test_target_and_pretext_classes_are_disjoint_compositions():
 
 
 def test_images_carry_class_information():
-    # nearest class mean in pixel space beats chance by a wide margin (not a trivial task either)
-    x, y = generate(10, 30, TRAIN)
-    xt, yt = generate(10, 10, TEST)
-    means = np.stack([x[y == c].reshape(30, -1).mean(0) for c in range(10)])
-    pred = ((xt.reshape(len(xt), -1)[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
-    assert (pred == yt).mean() > 0.2
+    # a ridge-regression classifier on raw pixels (10 classes, 60 images each) is far above chance
+    x, y = generate(10, 60, TRAIN)
+    xt, yt = generate(10, 20, TEST)
+    pixels, test_pixels = x.reshape(len(x), -1) / 255.0, xt.reshape(len(xt), -1) / 255.0
+    mean = pixels.mean(0)
+    pixels, test_pixels = pixels - mean, test_pixels - mean
+    weights = np.linalg.solve(pixels.T @ pixels + 50 * np.eye(pixels.shape[1]), pixels.T @ np.eye(10)[y])
+    assert (np.argmax(test_pixels @ weights, 1) == yt).mean() > 0.5
 
 
 def test_shipped_backbone_loads_with_recorded_provenance():
