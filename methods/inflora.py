@@ -78,23 +78,25 @@ class SecondMoments:
     """Running mean of x x^T over all tokens of each wrapped layer's input, in float64."""
 
     def __init__(self, layers: list[LoRAQKV]):
-        self.sums = [torch.zeros(layer.dim, layer.dim, dtype=torch.float64) for layer in layers]
+        self.sums: list[torch.Tensor | None] = [None] * len(layers)  # on the inputs' device
         self.counts = [0] * len(layers)
         self.hooks = [layer.register_forward_pre_hook(self._hook(i)) for i, layer in enumerate(layers)]
 
     def _hook(self, index: int):
         def accumulate(module, inputs):
             tokens = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            self.sums[index] += (tokens.T @ tokens).double().cpu()
+            batch_sum = (tokens.T @ tokens).double()  # fp32 products, fp64 accumulation
+            self.sums[index] = batch_sum if self.sums[index] is None else self.sums[index] + batch_sum
             self.counts[index] += tokens.shape[0]
         return accumulate
 
     def means(self) -> list[torch.Tensor]:
+        """Remove the hooks and return the per-layer means (float64, CPU)."""
         for hook in self.hooks:
             hook.remove()
         if not all(self.counts):
             raise ValueError("no data passed through the adapted layers: is the task's training set empty?")
-        return [s / n for s, n in zip(self.sums, self.counts)]
+        return [(s / n).cpu() for s, n in zip(self.sums, self.counts)]
 
 
 @register_method("inflora")

@@ -70,7 +70,8 @@ def probes(seed: int) -> dict[str, float]:
     pretrained = build_backbone("vit_tiny_synth")
     torch.manual_seed(seed)
     random_init = build_backbone("vit_tiny_synth", pretrained=False)
-    out = {}
+    out = {"probe, raw pixels": linear_probe(xtr.flatten(1).float() / 255, ytr, xte.flatten(1).float() / 255,
+                                             yte, seed)}
     for name, vit, pool in (("probe, pretrained, CLS", pretrained, "cls"),
                             ("probe, pretrained, mean-pool", pretrained, "mean"),
                             ("probe, random init, mean-pool", random_init, "mean")):

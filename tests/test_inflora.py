@@ -101,3 +101,28 @@ def test_resume_from_a_checkpoint_gives_identical_results():
 def test_variants_resolve_their_presets(name, blocks, dual):
     hp = tiny_config(name).hparams
     assert hp["blocks"] == blocks and hp["dual"] is dual
+
+
+def test_second_moments_are_the_token_mean_of_the_layernorm1_output():
+    from benchmark.backbones import backbone_features, build_tiny_vit
+    from methods.inflora import SecondMoments
+    from methods.lora import add_lora_qkv
+
+    vit = build_tiny_vit().eval().requires_grad_(False)
+    layers = add_lora_qkv(vit)
+    captured = {i: [] for i in range(len(layers))}
+    hooks = [block.norm1.register_forward_hook(lambda m, i, out, k=k: captured[k].append(out.reshape(-1, out.shape[-1])))
+             for k, block in enumerate(vit.blocks)]
+    stats = SecondMoments(layers)
+    with torch.no_grad():
+        for batch in (torch.rand(3, 3, 32, 32), torch.rand(5, 3, 32, 32)):  # unequal batches
+            backbone_features(vit, batch)
+    means = stats.means()
+    for hook in hooks:
+        hook.remove()
+    for k, mean in enumerate(means):
+        tokens = torch.cat(captured[k]).double()
+        assert tokens.shape[0] == 8 * 17  # every token of every image (16 patches + CLS)
+        torch.testing.assert_close(mean, tokens.T @ tokens / tokens.shape[0], atol=1e-6, rtol=1e-6)
+        assert mean.dtype == torch.float64
+    assert not layers[0]._forward_pre_hooks  # hooks removed
