@@ -21,7 +21,7 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.backbones import build_backbone, weights_digest
+from benchmark.backbones import build_backbone
 from benchmark.config import RunConfig
 from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
@@ -177,7 +177,6 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     device = resolve_device(config.device)
     start = time.time()
     split, method = build_run(config, device)
-    digest = weights_digest(method.backbone)
     acc, aware, timings, trainable = [], [], [], []
     counts: list[int] = []
     tasks = tqdm(range(split.n_tasks), desc=f"{config.method} on {config.dataset}", disable=not progress)
@@ -215,6 +214,6 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         **summarize(acc, counts, aware),
         "trainable_params": trainable,
         "timings": {"total_s": round(time.time() - start, 3), "tasks": timings},
-        "environment": {**environment(device), "backbone_digest": digest},
+        "environment": {**environment(device), "backbone_digest": method.backbone_digest},
         "data_info": split.data.info,
     }

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.backbones import backbone_features
+from benchmark.backbones import backbone_features, weights_digest
 
 
 @dataclass
@@ -90,6 +90,7 @@ class Method(nn.Module):
         self._current_task = -1
         # identities of the frozen backbone tensors: never part of a checkpoint
         self._frozen_ids = {id(t) for t in backbone.state_dict(keep_vars=True).values()}
+        self.backbone_digest = weights_digest(backbone)  # of the weights as given, before any wrapping
 
     # -- harness-owned state -------------------------------------------------------------------
     @property

@@ -50,3 +50,11 @@ def test_shipped_backbone_loads_with_recorded_provenance():
     assert not any(p.requires_grad for p in vit.parameters())
     assert meta["weights_digest"] == weights_digest(vit)
     assert vit(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+
+
+def test_results_record_the_digest_of_the_unwrapped_backbone():
+    from benchmark import protocol
+    from tests.conftest import tiny_config
+
+    _, method = protocol.build_run(tiny_config("inflora", pretrained=True), torch.device("cpu"))
+    assert method.backbone_digest == json.loads(SYNTH_VIT_META.read_text())["weights_digest"]
