@@ -126,10 +126,9 @@ def command_run(args: argparse.Namespace) -> int:
     results, failures = [], 0
     for config in configs:
         run_id = config.run_id()
-        path = store.result_path(args.results_dir, run_id)
-        if path.is_file() and not args.force:
+        if store.is_complete(args.results_dir, run_id) and not args.force:
             try:
-                results.append(store.read_result(path))
+                results.append(store.read_result(store.result_path(args.results_dir, run_id)))
                 print(f"{run_id}: result exists, skipped (use --force to rerun)", file=sys.stderr)
                 continue
             except ValueError as err:

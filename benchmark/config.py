@@ -53,10 +53,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
-
     def run_id(self) -> str:
         """Readable, unique id: ``<method>_<dataset>_T<n>_s<seed>_<hash of the resolved config>``."""
         hashed = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}

@@ -9,7 +9,7 @@ import torch
 from benchmark import protocol
 from methods.inflora import InfLoRA, InfLoRAConfig
 from methods.seq_lora import SeqLoRA, SeqLoRAConfig
-from tests.conftest import begin_task as _begin, finish_task as _finish, probe_images as _probe, tiny_config
+from tests.conftest import begin_task as _begin, finish_task as _finish, probe_images as _probe, run_task, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -41,8 +41,7 @@ def test_designing_a_new_branch_leaves_the_outputs_bit_identical():
     split, method = protocol.build_run(tiny_config("inflora"), CPU)
     x = _probe(split)
     for task in range(2):
-        _begin(method, split, task)
-        _finish(method, split, task)
+        run_task(method, split, task)
     before = method.predict(x)
     _begin(method, split, 2)
     after = method.predict(x)[:, :before.shape[1]]
@@ -67,8 +66,7 @@ def test_merged_folded_and_unfolded_logits_agree():
     split, method = protocol.build_run(tiny_config("inflora"), CPU)
     x = _probe(split)
     for task in range(3):
-        _begin(method, split, task)
-        _finish(method, split, task)
+        run_task(method, split, task)
     merged = method.predict(x)  # no grad: every branch merged into the weights
     protocol.declare_trainable(method, 2)
     folded = method(x).detach()  # grad mode: past branches folded, branch 2 as a low-rank product
