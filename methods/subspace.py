@@ -9,7 +9,11 @@ official code (liangyanshuo/InfLoRA) where it and the paper differ:
   mode) or Q Q^T C (retain mode), not the eigenvectors of the two-sided projected covariance;
 * "energy" is the squared singular values of the second-moment matrix itself (S(C)^2), not of
   the activations (which would be S(C));
-* the down-projection is scaled by 1/sqrt(3).
+* the down-projection is scaled by 1/sqrt(3);
+* at the first task the memory keeps k = #{j : cumulative energy_j < eps} directions (at least
+  one), i.e. the direction at which the cumulative energy crosses eps is *not* kept (the code's
+  count; later updates do include the crossing direction). So after the first task up to a bit
+  more than 1 - eps of the energy can lie outside the memory, unlike the reference's section 8.4.
 
 A memory in *remove* mode stores an orthonormal basis M of the old tasks' input subspace; once M
 has more than d/2 columns, DualGPM switches to *retain* mode and stores the orthonormal
