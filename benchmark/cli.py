@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Continual-learning benchmark harness for PEFT methods on frozen ViTs. "
-                    "With no arguments: every method on the synthetic benchmark, seed 0.")
+                    "With no arguments: every method on the synthetic benchmark, seed 0.",
+        epilog="The run options (`run` may be omitted): python run_benchmark.py run --help")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run methods on a benchmark (the default command)")
     run.add_argument("--methods", nargs="+", metavar="NAME", help="methods to run (default: all registered)")
