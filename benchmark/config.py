@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DATA_PREFIX = "data."
 # Fields that do not change what a run computes; left out of the run id.
-_NOT_HASHED = ("device", "data_root", "num_workers", "progress")
+_NOT_HASHED = ("device", "data_root", "num_workers")
 
 
 @dataclass
@@ -129,9 +129,7 @@ def resolve(method: str, dataset: str = "synth", n_tasks: int | None = None, see
         _apply(hparams, method_layer, method_hints, where)
         _apply(data_options, data_layer, data_hints, where, DATA_PREFIX)
 
-    run_fields.setdefault("backbone", dataset_cls.default_backbone)
-    if run_fields["backbone"] is None:
-        run_fields["backbone"] = dataset_cls.default_backbone
+    run_fields["backbone"] = run_fields.get("backbone") or dataset_cls.default_backbone
     config = RunConfig(method=method, dataset=dataset, n_tasks=n_tasks, seed=seed, preset=preset,
                        hparams=hparams, data_options=data_options, **run_fields)
     validate(config)
@@ -149,6 +147,8 @@ def validate(config: RunConfig) -> None:
         (hp["schedule"] in ("cosine", "constant", "step"),
          f"schedule must be cosine, constant or step, got {hp['schedule']!r}"),
         (hp["head_lr"] >= 0, f"head_lr must be non-negative (0 = same as lr), got {hp['head_lr']}"),
+        (hp["weight_decay"] >= 0, f"weight_decay must be non-negative, got {hp['weight_decay']}"),
+        (config.num_workers >= 0, f"num_workers must be non-negative, got {config.num_workers}"),
         (hp.get("rank", 1) >= 1, f"rank must be at least 1, got {hp.get('rank')}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
         (config.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {config.precision!r}"),

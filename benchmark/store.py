@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-REQUIRED_KEYS = ("run_id", "method", "dataset", "n_tasks", "seed", "acc_matrix", "final_acc", "avg_acc")
+REQUIRED_KEYS = ("run_id", "method", "dataset", "n_tasks", "seed", "acc_matrix", "final_acc", "avg_acc",
+                 "timings")
 
 
 def runs_dir(results_dir: str | Path) -> Path:
@@ -46,6 +47,9 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             json.dump(_json_safe(payload), handle, indent=1, allow_nan=False)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

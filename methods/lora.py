@@ -11,8 +11,11 @@ Compute paths (identical results up to float rounding):
   inference costs the same as the plain backbone whatever the number of branches;
 * with autograd on, frozen branches (no parameter requiring grad) are merged into the weight
   and trainable ones run as low-rank products, so only the low-rank factors get gradients.
-Merged weights are cached and recomputed when any parameter changes (tracked by the tensors'
-version counters and storage), so the cache can never go stale.
+Merged weights are cached (the two most recent sets of branches: the training and the
+evaluation merge) and recomputed when any parameter changes, tracked by the tensors' version
+counters and storage; in-place optimiser steps and ``copy_`` bump the version, but an edit
+through ``param.data`` does not and must be followed by ``clear_cache()``. Merging always runs
+in the weights' own precision, outside autocast.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmark.errors import ConfigError
 
 TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
 
@@ -52,7 +57,7 @@ class LoRAQKV(nn.Module):
         super().__init__()
         unknown = set(targets) - set(TARGET_INDEX)
         if unknown:
-            raise ValueError(f"unknown LoRA targets {sorted(unknown)}; valid: q, k, v")
+            raise ConfigError(f"unknown LoRA targets {sorted(unknown)}; valid: q, k, v")
         self.base = base
         self.targets = tuple(targets)
         self.dim = base.in_features
@@ -80,11 +85,16 @@ class LoRAQKV(nn.Module):
         cached = self._merged_cache.get(indices)
         if cached is not None and cached[0] == key:
             return cached[1]
-        with torch.inference_mode(False), torch.no_grad():
+        device_type = self.base.weight.device.type
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type, enabled=False):
             weight = self.base.weight + self.delta_weight([self.branches[i] for i in indices])
-        self._merged_cache = {indices: (key, weight)} | {
-            k: v for k, v in self._merged_cache.items() if k != indices}
+        others = [(k, v) for k, v in self._merged_cache.items() if k != indices]
+        self._merged_cache = dict([(indices, (key, weight))] + others[:1])  # newest first, at most 2
         return weight
+
+    def clear_cache(self) -> None:
+        """Drop the merged weights (needed only after editing parameters through ``.data``)."""
+        self._merged_cache = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
@@ -115,7 +125,8 @@ def add_lora_qkv(vit: nn.Module, blocks: list[int] | None = None,
     chosen = list(range(n_blocks)) if blocks is None else list(blocks)
     bad = [b for b in chosen if not 0 <= b < n_blocks]
     if bad:
-        raise ValueError(f"LoRA blocks {bad} out of range for a ViT with {n_blocks} blocks")
+        raise ConfigError(f"LoRA blocks {bad} out of range for a ViT with {n_blocks} blocks "
+                          f"(valid: 0..{n_blocks - 1}); fix --set blocks=...")
     layers = []
     for index in chosen:
         attn = vit.blocks[index].attn

@@ -25,6 +25,7 @@ DomainNet code does.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -105,7 +106,7 @@ class SubspaceMemory:
             while k < len(energy) and accumulated >= 1 - threshold:
                 accumulated -= float(energy[k])
                 k += 1
-            k = min(k, self.basis.shape[1])
+            k = min(k, self.basis.shape[1])  # cannot protect more than the whole space
             if k:
                 shrunk = self.basis - u_hat[:, :k] @ (u_hat[:, :k].T @ self.basis)
                 u_q, _ = _svd(shrunk)
@@ -135,6 +136,11 @@ class SubspaceMemory:
 def design_down_projection(cov: torch.Tensor, memory: SubspaceMemory, rank: int) -> torch.Tensor:
     """The new task's frozen down-projection (rank x d): top-``rank`` left singular vectors of the
     second-moment matrix with the old subspace projected out, transposed, times 1/sqrt(3)."""
+    free = memory.dim - memory.old_dim
+    if free < rank:
+        warnings.warn(f"only {free} input directions are free of the old-task subspace but rank is {rank}: "
+                      "the extra rows of the designed down-projection are not orthogonal to old tasks "
+                      "(the official code has the same limit)", RuntimeWarning, stacklevel=2)
     u, _ = _svd(memory.project_new(cov))
     return (u[:, :rank].T * DESIGN_SCALE).to(cov.dtype)
 

@@ -115,6 +115,7 @@ def test_second_moments_are_the_token_mean_of_the_layernorm1_output():
     with torch.no_grad():
         for batch in (torch.rand(3, 3, 32, 32), torch.rand(5, 3, 32, 32)):  # unequal batches
             backbone_features(vit, batch)
+    stats.remove()
     means = stats.means()
     for hook in hooks:
         hook.remove()

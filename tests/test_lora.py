@@ -93,3 +93,29 @@ def test_bad_blocks_and_targets_are_rejected():
         add_lora_qkv(vit, blocks=[0, 9])
     with pytest.raises(ValueError, match="unknown LoRA targets"):
         LoRAQKV(nn.Linear(D, 3 * D), ("k", "o"))
+
+
+def test_merged_cache_is_bounded_and_merges_outside_autocast():
+    layer = _layer(branches=6)
+    x = torch.randn(2, 3, D)
+    for frozen in range(6):  # a different frozen set each "task", as InfLoRA has
+        for i, branch in enumerate(layer.branches):
+            branch.requires_grad_(i >= frozen)
+        layer(x)
+        with torch.no_grad():
+            layer(x)
+        assert len(layer._merged_cache) <= 2
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.clear_cache()
+        weight = layer.merged_weight(tuple(range(6)))
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight, layer.base.weight + layer.delta_weight(list(layer.branches)))
+
+
+def test_design_warns_when_fewer_free_directions_than_the_rank():
+    from methods.subspace import SubspaceMemory, design_down_projection
+
+    memory = SubspaceMemory(8, dual=False)
+    memory.basis = torch.eye(8, dtype=torch.float64)[:, :6]
+    with pytest.warns(RuntimeWarning, match="only 2 input directions are free"):
+        design_down_projection(torch.eye(8, dtype=torch.float64), memory, rank=4)

@@ -1,6 +1,7 @@
 """Results store: atomic writes, run ids, corrupt files reported and skipped."""
 
 import json
+import os
 
 import pytest
 
@@ -8,7 +9,7 @@ from benchmark import store
 from tests.conftest import tiny_config
 
 RESULT = {"run_id": "m_synth_T5_s0_abc", "method": "m", "dataset": "synth", "n_tasks": 5, "seed": 0,
-          "acc_matrix": [[50.0]], "final_acc": 50.0, "avg_acc": 50.0}
+          "acc_matrix": [[50.0]], "final_acc": 50.0, "avg_acc": 50.0, "timings": {"total_s": 1.0}}
 
 
 def test_write_is_atomic_and_leaves_no_temp_files(results_dir):
@@ -17,6 +18,9 @@ def test_write_is_atomic_and_leaves_no_temp_files(results_dir):
     assert store.read_result(path) == RESULT
     assert [p.name for p in path.parent.iterdir()] == [path.name]
     assert store.is_complete(results_dir, RESULT["run_id"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_failed_write_keeps_the_previous_file(results_dir):
