@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
@@ -19,7 +20,7 @@ from benchmark.config import PRESETS, RunConfig, resolve
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 
-COMMANDS = ("run", "list")
+COMMANDS = ("run", "list", "report")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun even if a result exists")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("list", help="list registered methods and datasets")
+    report = sub.add_parser("report", help="aggregate stored runs over seeds into a table")
+    report.add_argument("--dataset", nargs="+", metavar="NAME", help="only these datasets")
+    report.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods")
+    report.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"],
+                        help="output format (default: markdown)")
+    report.add_argument("--out", metavar="FILE", help="write the table here instead of printing it")
+    report.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     return parser
 
 
@@ -144,6 +152,20 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from benchmark import report
+
+    table = report.aggregate(report.collect(args.results_dir, args.dataset, args.methods))
+    text = report.render(table, args.format)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out} ({len(table)} rows)", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 def command_list() -> int:
     rows = [[name, ", ".join(a for a, c in METHODS.aliases().items() if c == name),
              (METHODS.get(name).__doc__ or "").strip().splitlines()[0]] for name in METHODS.names()]
@@ -162,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return command_list() if args.command == "list" else command_run(args)
+        commands = {"list": lambda: command_list(), "report": lambda: command_report(args)}
+        return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

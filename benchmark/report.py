@@ -1,0 +1,134 @@
+"""Aggregate stored runs over seeds into tables: markdown, booktabs LaTeX, CSV and JSON.
+
+One group per (dataset, n_tasks, method, configuration except the seed): runs whose resolved
+configurations differ in anything but the seed (and device/paths) never share a cell. Each group
+reports mean and sample standard deviation (ddof = 1; empty for a single seed) of the final
+accuracy A_T, the average incremental accuracy A_bar (both sample-weighted) and the forgetting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from benchmark import store
+from benchmark.errors import ConfigError
+
+METRICS = ("final_acc", "avg_acc", "forgetting")
+COLUMNS = ["dataset", "n_tasks", "method", "n_seeds", "final_acc_mean", "final_acc_std", "avg_acc_mean",
+           "avg_acc_std", "forgetting_mean", "forgetting_std"]
+FORMATS = ("markdown", "latex", "csv", "json")
+_NOT_GROUPED = ("seed", "device", "data_root", "num_workers")
+
+
+def config_group(config: dict) -> str:
+    """Hash of a run's configuration without the seed (and device/paths): its table cell."""
+    kept = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def collect(results_dir: str | Path, datasets: list[str] | None = None,
+            methods: list[str] | None = None, warn=None) -> pd.DataFrame:
+    """One row per stored run (corrupt files are reported through ``warn`` and skipped)."""
+    rows = []
+    for result in store.load_results(results_dir, warn=warn):
+        if datasets and result["dataset"] not in datasets or methods and result["method"] not in methods:
+            continue
+        rows.append({"dataset": result["dataset"], "n_tasks": result["n_tasks"], "method": result["method"],
+                     "seed": result["seed"], "group": config_group(result.get("config", {})),
+                     "upper_bound": bool(result.get("upper_bound", False)), "run_id": result["run_id"],
+                     **{m: result.get(m) for m in METRICS}})
+    if not rows:
+        scope = f" matching datasets={datasets} methods={methods}" if datasets or methods else ""
+        raise ConfigError(f"no results in {store.runs_dir(results_dir)}{scope}; run "
+                          "`python run_benchmark.py` first")
+    return pd.DataFrame(rows)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample sd over seeds per group, in run order of datasets and methods."""
+    keys = ["dataset", "n_tasks", "method", "group"]
+    grouped = runs.groupby(keys, sort=False)
+    table = grouped.agg(n_seeds=("seed", "nunique"), upper_bound=("upper_bound", "first"),
+                        **{f"{m}_{s}": (m, s) for m in METRICS for s in ("mean", "std")}).reset_index()
+    # a method with several configurations in one benchmark gets its config hash in the label
+    clashes = table.duplicated(["dataset", "n_tasks", "method"], keep=False)
+    table["label"] = table["method"].where(~clashes, table["method"] + " [" + table["group"] + "]")
+    table["label"] = table["label"].where(~table["upper_bound"], table["label"] + " (upper bound)")
+    return table.sort_values(["dataset", "n_tasks", "upper_bound"], kind="stable").reset_index(drop=True)
+
+
+def _mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.2f}" if sd is None or math.isnan(sd) else f"{mean:.2f}{pm}{sd:.2f}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    rows = [[r.dataset, r.n_tasks, r.label, _mean_sd(r.final_acc_mean, r.final_acc_std),
+             _mean_sd(r.avg_acc_mean, r.avg_acc_std), _mean_sd(r.forgetting_mean, r.forgetting_std), r.n_seeds]
+            for r in table.itertuples()]
+    headers = ["dataset", "tasks", "method", "A_T (%)", "A_bar (%)", "forgetting", "seeds"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _latex_escape(text: str) -> str:
+    return "".join("\\" + c if c in "&%$#_{}" else c for c in str(text))
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    """Booktabs table: methods as rows, (dataset, tasks) column groups with A_T and A_bar; the best
+    continual method per column in bold (upper bounds are not ranked); mean $\\pm$ sd."""
+    benchmarks = list(dict.fromkeys(zip(table["dataset"], table["n_tasks"])))
+    labels = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["label"]))
+    cells = {(r.label, r.dataset, r.n_tasks): r for r in table.itertuples()}
+    best = {}
+    for bench in benchmarks:
+        ranked = table[(table["dataset"] == bench[0]) & (table["n_tasks"] == bench[1]) & ~table["upper_bound"]]
+        for metric in ("final_acc", "avg_acc"):
+            values = ranked[f"{metric}_mean"].dropna()
+            best[bench, metric] = values.max() if len(values) else None
+    lines = [r"\begin{tabular}{l" + "cc" * len(benchmarks) + "}", r"\toprule"]
+    lines.append("Method & " + " & ".join(
+        rf"\multicolumn{{2}}{{c}}{{{_latex_escape(d)} ({t} tasks)}}" for d, t in benchmarks) + r" \\")
+    lines.append("".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(benchmarks))))
+    lines.append(" & " + " & ".join(r"$A_T$ & $\bar{A}$" for _ in benchmarks) + r" \\")
+    lines.append(r"\midrule")
+    for label in labels:
+        row = [_latex_escape(label)]
+        for bench in benchmarks:
+            cell = cells.get((label, *bench))
+            for metric in ("final_acc", "avg_acc"):
+                if cell is None:
+                    row.append("--")
+                    continue
+                mean, sd = getattr(cell, f"{metric}_mean"), getattr(cell, f"{metric}_std")
+                text = _mean_sd(mean, sd, r" $\pm$ ")
+                is_best = not cell.upper_bound and best[bench, metric] is not None and mean == best[bench, metric]
+                row.append(rf"\textbf{{{text}}}" if is_best else text)
+        lines.append(" & ".join(row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_records(table: pd.DataFrame) -> pd.DataFrame:
+    """The CSV/JSON layout: one row per group, the documented columns."""
+    return table.assign(method=table["label"])[COLUMNS]
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """The aggregated table in one of ``FORMATS``."""
+    if fmt == "markdown":
+        return to_markdown(table) + "\n"
+    if fmt == "latex":
+        return to_latex(table)
+    if fmt == "csv":
+        return to_records(table).to_csv(index=False, float_format="%.4f")
+    if fmt == "json":
+        return to_records(table).to_json(orient="records", indent=1) + "\n"
+    raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

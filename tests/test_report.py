@@ -1,0 +1,87 @@
+"""Aggregation over seeds and the table formats, on hand-made result files with known statistics."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from benchmark import report, store
+from benchmark.cli import main
+
+
+def _result(method, seed, final, avg, forgetting=10.0, dataset="synth", n_tasks=10, rank=10, upper=False):
+    config = {"method": method, "dataset": dataset, "n_tasks": n_tasks, "seed": seed, "device": f"cuda:{seed}",
+              "hparams": {"rank": rank}}
+    return {"run_id": f"{method}_{dataset}_T{n_tasks}_s{seed}_r{rank}", "method": method, "dataset": dataset,
+            "n_tasks": n_tasks, "seed": seed, "config": config, "upper_bound": upper,
+            "acc_matrix": [[final]], "final_acc": final, "avg_acc": avg, "forgetting": forgetting,
+            "timings": {"total_s": 1.0}}
+
+
+@pytest.fixture
+def filled(results_dir):
+    for r in [_result("inflora", 0, 50.0, 60.0, 8.0), _result("inflora", 1, 60.0, 70.0, 12.0),
+              _result("seq-lora", 0, 40.0, 55.0, 30.0), _result("seq-lora", 1, 44.0, 57.0, 20.0),
+              _result("seq-lora", 0, 45.0, 50.0, rank=4),  # another configuration: its own row
+              _result("joint", 0, 80.0, 80.0, None, upper=True),
+              _result("inflora", 0, 70.0, 75.0, dataset="cifar100")]:
+        store.write_result(results_dir, r)
+    return results_dir
+
+
+def test_groups_average_over_seeds_with_sample_sd(filled):
+    table = report.aggregate(report.collect(filled, datasets=["synth"]))
+    rows = {r.label: r for r in table.itertuples()}
+    assert rows["inflora"].n_seeds == 2
+    assert rows["inflora"].final_acc_mean == pytest.approx(55.0)
+    assert rows["inflora"].final_acc_std == pytest.approx(7.0710678)  # ddof = 1
+    assert rows["inflora"].forgetting_mean == pytest.approx(10.0)
+    seq = [label for label in rows if label.startswith("seq-lora")]
+    assert len(seq) == 2 and all("[" in label for label in seq)  # configs never mix
+    assert list(table["label"])[-1] == "joint (upper bound)"
+    assert "cifar100" not in set(table["dataset"])
+
+
+def test_markdown_shows_mean_sd_and_single_seeds_without_sd(filled):
+    text = report.render(report.aggregate(report.collect(filled)), "markdown")
+    assert "55.00 ± 7.07" in text
+    assert "| 70.00 " in text  # cifar100: one seed, no sd
+    assert "joint (upper bound)" in text and "–" in text  # no forgetting for the bound
+
+
+def test_latex_is_a_balanced_booktabs_table_with_the_best_in_bold(filled):
+    text = report.render(report.aggregate(report.collect(filled, methods=["inflora", "seq-lora", "joint"])), "latex")
+    assert text.count("{") == text.count("}")
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}"):
+        assert text.count(rule) == 1
+    body = text.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    header_columns = 1 + 2 * 2  # method + (A_T, A_bar) for synth and cifar100
+    assert all(line.count("&") == header_columns - 1 for line in body)
+    assert r"\textbf{55.00 $\pm$ 7.07}" in text  # best continual A_T on synth
+    assert r"\textbf{80.00" not in text  # the upper bound is not ranked
+    assert r"seq-lora [" in text and "--" in text  # missing cells are marked
+
+
+def test_csv_and_json_have_one_row_per_group_and_the_documented_columns(filled):
+    table = report.aggregate(report.collect(filled))
+    rows = list(csv.DictReader(io.StringIO(report.render(table, "csv"))))
+    assert list(rows[0]) == report.COLUMNS and len(rows) == len(table) == 5
+    records = json.loads(report.render(table, "json"))
+    single = next(r for r in records if r["dataset"] == "cifar100")
+    assert single["n_seeds"] == 1 and single["final_acc_std"] is None
+
+
+def test_cli_report_writes_a_file_and_reports_corrupt_files(filled, tmp_path, capsys):
+    (store.runs_dir(filled) / "broken.json").write_text("{")
+    out = tmp_path / "table.tex"
+    assert main(["report", "--results-dir", str(filled), "--format", "latex", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.json" in err and "skipped" in err
+    assert out.read_text().startswith(r"\begin{tabular}")
+
+
+def test_cli_report_on_an_empty_results_dir_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no results in") and "\n" not in err
