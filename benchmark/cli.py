@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"],
                         help="output format (default: markdown)")
     report.add_argument("--out", metavar="FILE", help="write the table here instead of printing it")
+    report.add_argument("--plot", metavar="FILE", help="also plot accuracy after each task (.png, .pdf or .svg)")
     report.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     return parser
 
@@ -155,8 +156,11 @@ def command_run(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from benchmark import report
 
-    table = report.aggregate(report.collect(args.results_dir, args.dataset, args.methods))
+    runs = report.collect(args.results_dir, args.dataset, args.methods)
+    table = report.aggregate(runs)
     text = report.render(table, args.format)
+    if args.plot:
+        print(f"wrote {report.plot(runs, table, args.plot)}", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

@@ -42,6 +42,7 @@ def collect(results_dir: str | Path, datasets: list[str] | None = None,
         rows.append({"dataset": result["dataset"], "n_tasks": result["n_tasks"], "method": result["method"],
                      "seed": result["seed"], "group": config_group(result.get("config", {})),
                      "upper_bound": bool(result.get("upper_bound", False)), "run_id": result["run_id"],
+                     "step_acc": result.get("step_acc") or [result["final_acc"]],
                      **{m: result.get(m) for m in METRICS}})
     if not rows:
         scope = f" matching datasets={datasets} methods={methods}" if datasets or methods else ""
@@ -132,3 +133,44 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return to_records(table).to_json(orient="records", indent=1) + "\n"
     raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def plot(runs: pd.DataFrame, table: pd.DataFrame, path: str | Path) -> Path:
+    """Accuracy on all seen classes after each task (A_i, sample-weighted): per benchmark one
+    panel, per method the mean over seeds with a +-1 sd band; upper bounds as dashed lines.
+    The format follows the file name (.png, .pdf, .svg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    benchmarks = list(dict.fromkeys(zip(table["dataset"], table["n_tasks"])))
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.5 * len(benchmarks), 4.2), squeeze=False)
+    for ax, (dataset, n_tasks) in zip(axes[0], benchmarks):
+        rows = table[(table["dataset"] == dataset) & (table["n_tasks"] == n_tasks)]
+        for row in rows.itertuples():
+            group = runs[(runs["dataset"] == dataset) & (runs["n_tasks"] == n_tasks) & (runs["method"] == row.method)
+                         & (runs["group"] == row.group)]
+            curves = np.array([c for c in group["step_acc"] if len(c) == len(group["step_acc"].iloc[0])], dtype=float)
+            mean = curves.mean(0)
+            if row.upper_bound:
+                ax.axhline(mean[-1], linestyle="--", color="0.4", label=row.label)
+                continue
+            steps = np.arange(1, len(mean) + 1)
+            (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{row.label} (n={len(curves)})")
+            if len(curves) > 1:
+                sd = curves.std(0, ddof=1)
+                ax.fill_between(steps, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(f"{dataset}, {n_tasks} tasks")
+        ax.set_xlabel("tasks learned")
+        ax.set_ylabel("accuracy on all seen classes (%)")
+        ax.set_xticks(range(1, n_tasks + 1, max(1, n_tasks // 10)))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -85,3 +85,11 @@ def test_cli_report_on_an_empty_results_dir_is_a_clear_error(tmp_path, capsys):
     assert main(["report", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no results in") and "\n" not in err
+
+
+def test_plot_writes_a_readable_figure(filled, tmp_path):
+    runs = report.collect(filled)
+    path = report.plot(runs, report.aggregate(runs), tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    pdf = report.plot(runs, report.aggregate(runs), tmp_path / "curves.pdf")
+    assert pdf.read_bytes()[:4] == b"%PDF"
