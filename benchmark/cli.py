@@ -20,7 +20,7 @@ from benchmark.config import PRESETS, RunConfig, resolve
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 
-COMMANDS = ("run", "list", "report")
+COMMANDS = ("run", "list", "report", "check")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="FILE", help="write the table here instead of printing it")
     report.add_argument("--plot", metavar="FILE", help="also plot accuracy after each task (.png, .pdf or .svg)")
     report.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
+    check = sub.add_parser("check", help="regression check of every method on a small synth split")
+    check.add_argument("--update", action="store_true", help="rewrite results/baselines/ci.json with today's values")
+    check.add_argument("--tolerance", type=float, default=2.0, help="allowed drop in points (default: 2)")
+    check.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods (default: all)")
     return parser
 
 
@@ -170,6 +174,14 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_check(args: argparse.Namespace) -> int:
+    from benchmark import regression
+
+    if args.tolerance < 0:
+        raise ConfigError(f"--tolerance must be non-negative, got {args.tolerance}")
+    return regression.check(update=args.update, tolerance=args.tolerance, methods=args.methods)
+
+
 def command_list() -> int:
     rows = [[name, ", ".join(a for a, c in METHODS.aliases().items() if c == name),
              (METHODS.get(name).__doc__ or "").strip().splitlines()[0]] for name in METHODS.names()]
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        commands = {"list": lambda: command_list(), "report": lambda: command_report(args)}
+        commands = {"list": lambda: command_list(), "report": lambda: command_report(args),
+                    "check": lambda: command_check(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

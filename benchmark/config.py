@@ -24,6 +24,8 @@ from benchmark.registry import DATASETS, METHODS
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "quick": {"epochs": 1},  # smoke runs: one epoch per task
+    # the regression check's small synth split (`run_benchmark.py check`)
+    "ci": {"epochs": 2, "data.train_per_class": 40, "data.test_per_class": 20},
 }
 DATA_PREFIX = "data."
 # Fields that do not change what a run computes; left out of the run id.
