@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -93,3 +95,13 @@ def test_plot_writes_a_readable_figure(filled, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     pdf = report.plot(runs, report.aggregate(runs), tmp_path / "curves.pdf")
     assert pdf.read_bytes()[:4] == b"%PDF"
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (Debian: texlive-latex-extra)")
+def test_latex_table_compiles(filled, tmp_path):
+    table = report.render(report.aggregate(report.collect(filled)), "latex")
+    document = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + table + "\\end{document}\n"
+    (tmp_path / "t.tex").write_text(document)
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
