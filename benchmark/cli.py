@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output format (default: markdown)")
     report.add_argument("--out", metavar="FILE", help="write the table here instead of printing it")
     report.add_argument("--plot", metavar="FILE", help="also plot accuracy after each task (.png, .pdf or .svg)")
+    report.add_argument("--with-published", action="store_true",
+                        help="add the published A_T/A_bar (results/reference/published.csv) and our difference")
     report.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     check = sub.add_parser("check", help="regression check of every method on a small synth split")
     check.add_argument("--update", action="store_true", help="rewrite results/baselines/ci.json with today's values")
@@ -162,6 +164,10 @@ def command_report(args: argparse.Namespace) -> int:
 
     runs = report.collect(args.results_dir, args.dataset, args.methods)
     table = report.aggregate(runs)
+    if args.with_published:
+        if args.format == "latex":
+            raise ConfigError("--with-published is available for markdown, csv and json, not latex yet")
+        table = report.with_published(table, report.load_published())
     text = report.render(table, args.format)
     if args.plot:
         print(f"wrote {report.plot(runs, table, args.plot)}", file=sys.stderr)

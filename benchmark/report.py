@@ -23,6 +23,9 @@ METRICS = ("final_acc", "avg_acc", "forgetting")
 COLUMNS = ["dataset", "n_tasks", "method", "n_seeds", "final_acc_mean", "final_acc_std", "avg_acc_mean",
            "avg_acc_std", "forgetting_mean", "forgetting_std"]
 FORMATS = ("markdown", "latex", "csv", "json")
+PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
+PUBLISHED_COLUMNS = ["published_final_acc", "published_final_acc_std", "published_avg_acc", "published_source",
+                     "final_acc_diff"]
 _NOT_GROUPED = ("seed", "device", "data_root", "num_workers")
 
 
@@ -64,6 +67,41 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["dataset", "n_tasks", "upper_bound"], kind="stable").reset_index(drop=True)
 
 
+def load_published(path: str | Path = PUBLISHED_FILE) -> pd.DataFrame:
+    """Published numbers: method, dataset, n_tasks, metric, value, std, variant, source, verified."""
+    try:
+        published = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError) as err:
+        raise ConfigError(f"cannot read published numbers {path}: {err}") from None
+    missing = {"method", "dataset", "n_tasks", "metric", "value", "std", "variant", "source"} - set(published.columns)
+    if missing:
+        raise ConfigError(f"published numbers {path} lack columns {sorted(missing)}")
+    return published
+
+
+def with_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Add the first published A_T / A_bar of each group (sample-weighted sources first, then
+    task-mean ones, in file order) and our A_T minus the published one."""
+    ranked = published.assign(rank=(published["variant"] != "sample-weighted").astype(int)).sort_values(
+        "rank", kind="stable")
+    first = ranked.drop_duplicates(["method", "dataset", "n_tasks", "metric"]).set_index(
+        ["method", "dataset", "n_tasks", "metric"])
+    out = table.copy()
+
+    def lookup(row, metric, field):
+        key = (row["method"], row["dataset"], row["n_tasks"], metric)
+        return first.loc[key, field] if key in first.index else None
+
+    out["published_final_acc"] = out.apply(lambda r: lookup(r, "final_acc", "value"), axis=1)
+    out["published_final_acc_std"] = out.apply(lambda r: lookup(r, "final_acc", "std"), axis=1)
+    out["published_avg_acc"] = out.apply(lambda r: lookup(r, "avg_acc", "value"), axis=1)
+    out["published_source"] = out.apply(
+        lambda r: None if lookup(r, "final_acc", "source") is None
+        else f"{lookup(r, 'final_acc', 'source')} [{lookup(r, 'final_acc', 'variant')}]", axis=1)
+    out["final_acc_diff"] = pd.to_numeric(out["final_acc_mean"] - pd.to_numeric(out["published_final_acc"]))
+    return out
+
+
 def _mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
@@ -71,11 +109,24 @@ def _mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    rows = [[r.dataset, r.n_tasks, r.label, _mean_sd(r.final_acc_mean, r.final_acc_std),
-             _mean_sd(r.avg_acc_mean, r.avg_acc_std), _mean_sd(r.forgetting_mean, r.forgetting_std), r.n_seeds]
-            for r in table.itertuples()]
+    published = "published_final_acc" in table
+    rows, sources = [], []
+    for r in table.itertuples():
+        row = [r.dataset, r.n_tasks, r.label, _mean_sd(r.final_acc_mean, r.final_acc_std),
+               _mean_sd(r.avg_acc_mean, r.avg_acc_std), _mean_sd(r.forgetting_mean, r.forgetting_std), r.n_seeds]
+        if published:
+            has = r.published_source is not None
+            if has and r.published_source not in sources:
+                sources.append(r.published_source)
+            row += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if has else "–",
+                    f"{r.final_acc_diff:+.2f}" if has else "–",
+                    f"[{sources.index(r.published_source) + 1}]" if has else ""]
+        rows.append(row)
     headers = ["dataset", "tasks", "method", "A_T (%)", "A_bar (%)", "forgetting", "seeds"]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    if published:
+        headers += ["published A_T", "Δ A_T", "source"]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return text + "".join(f"\n[{i + 1}] {s}" for i, s in enumerate(sources))
 
 
 def _latex_escape(text: str) -> str:
@@ -119,7 +170,8 @@ def to_latex(table: pd.DataFrame) -> str:
 
 def to_records(table: pd.DataFrame) -> pd.DataFrame:
     """The CSV/JSON layout: one row per group, the documented columns."""
-    return table.assign(method=table["label"])[COLUMNS]
+    extra = [c for c in PUBLISHED_COLUMNS if c in table]
+    return table.assign(method=table["label"])[COLUMNS + extra]
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -105,3 +105,28 @@ def test_latex_table_compiles(filled, tmp_path):
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_published_numbers_stand_beside_ours_with_the_difference(filled, tmp_path):
+    published = tmp_path / "published.csv"
+    published.write_text(
+        "method,dataset,n_tasks,metric,value,std,variant,source,verified\n"
+        "inflora,synth,10,final_acc,60.0,1.0,task-mean,other paper,no\n"
+        "inflora,synth,10,final_acc,58.0,0.5,sample-weighted,the paper,yes\n"
+        "inflora,synth,10,avg_acc,65.0,,sample-weighted,the paper,yes\n")
+    table = report.with_published(report.aggregate(report.collect(filled, datasets=["synth"])),
+                                  report.load_published(published))
+    row = table[table["label"] == "inflora"].iloc[0]
+    assert row["published_final_acc"] == 58.0  # sample-weighted sources first
+    assert row["final_acc_diff"] == pytest.approx(55.0 - 58.0)
+    assert row["published_source"] == "the paper [sample-weighted]"
+    text = report.render(table, "markdown")
+    assert "58.00 ± 0.50" in text and "-3.00" in text and "[1] the paper [sample-weighted]" in text
+    records = json.loads(report.render(table, "json"))
+    assert [r["published_avg_acc"] for r in records if r["method"] == "inflora"] == [65.0]
+
+
+def test_shipped_published_numbers_load_and_cover_the_paper_tables():
+    published = report.load_published()
+    inflora = published[(published["method"] == "inflora") & (published["dataset"] == "cifar100")]
+    assert 86.51 in set(inflora["value"]) and set(published["verified"]) <= {"yes", "no"}
