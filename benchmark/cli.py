@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="aggregate stored runs over seeds into a table")
     report.add_argument("--dataset", nargs="+", metavar="NAME", help="only these datasets")
     report.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods")
-    report.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"],
+    report.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json", "html"],
                         help="output format (default: markdown)")
     report.add_argument("--out", metavar="FILE", help="write the table here instead of printing it")
     report.add_argument("--plot", metavar="FILE", help="also plot accuracy after each task (.png, .pdf or .svg)")
@@ -166,9 +166,12 @@ def command_report(args: argparse.Namespace) -> int:
     table = report.aggregate(runs)
     if args.with_published:
         if args.format == "latex":
-            raise ConfigError("--with-published is available for markdown, csv and json, not latex yet")
+            raise ConfigError("--with-published is available for markdown, csv, json and html, not latex yet")
         table = report.with_published(table, report.load_published())
-    text = report.render(table, args.format)
+    if args.format == "html":
+        text = report.to_html(runs, table, args.results_dir)
+    else:
+        text = report.render(table, args.format)
     if args.plot:
         print(f"wrote {report.plot(runs, table, args.plot)}", file=sys.stderr)
     if args.out:
