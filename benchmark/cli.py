@@ -165,8 +165,6 @@ def command_report(args: argparse.Namespace) -> int:
     runs = report.collect(args.results_dir, args.dataset, args.methods)
     table = report.aggregate(runs)
     if args.with_published:
-        if args.format == "latex":
-            raise ConfigError("--with-published is available for markdown, csv, json and html, not latex yet")
         table = report.with_published(table, report.load_published())
     if args.format == "html":
         text = report.to_html(runs, table, args.results_dir)

@@ -165,8 +165,32 @@ def to_latex(table: pd.DataFrame) -> str:
                 is_best = not cell.upper_bound and best[bench, metric] is not None and mean == best[bench, metric]
                 row.append(rf"\textbf{{{text}}}" if is_best else text)
         lines.append(" & ".join(row) + r" \\")
+    if "published_final_acc" in table:
+        lines += _latex_published_rows(table, benchmarks)
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+PM = r" $\pm$ "
+
+
+def _latex_published_rows(table: pd.DataFrame, benchmarks: list) -> list[str]:
+    """Rows "method (published)" in italics under a rule, one per method with a published value."""
+    known = table[table["published_source"].notna()]
+    lines = []
+    for method in dict.fromkeys(known["method"]):
+        row = [rf"\textit{{{_latex_escape(method)} (published)}}"]
+        for bench in benchmarks:
+            match = known[(known["method"] == method) & (known["dataset"] == bench[0]) & (known["n_tasks"] == bench[1])]
+            if match.empty:
+                row += ["--", "--"]
+                continue
+            r = match.iloc[0]
+            final = _mean_sd(r.published_final_acc, r.published_final_acc_std, PM)
+            row += [rf"\textit{{{final}}}",
+                    rf"\textit{{{r.published_avg_acc:.2f}}}" if pd.notna(r.published_avg_acc) else "--"]
+        lines.append(" & ".join(row) + r" \\")
+    return [r"\midrule"] + lines if lines else []
 
 
 def to_records(table: pd.DataFrame) -> pd.DataFrame:

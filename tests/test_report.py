@@ -157,3 +157,14 @@ def test_html_leaderboard_renders_in_headless_chromium(filled, tmp_path):
                            f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_latex_with_published_adds_marked_rows(filled, tmp_path):
+    published = tmp_path / "published.csv"
+    published.write_text("method,dataset,n_tasks,metric,value,std,variant,source,verified\n"
+                         "inflora,synth,10,final_acc,58.0,0.5,sample-weighted,the paper,yes\n")
+    table = report.with_published(report.aggregate(report.collect(filled)), report.load_published(published))
+    text = report.render(table, "latex")
+    # benchmarks in order: cifar100 (no published value), then synth
+    assert r"\textit{inflora (published)} & -- & -- & \textit{58.00 $\pm$ 0.50} & --" in text
+    assert text.count(r"\midrule") == 2 and text.count("{") == text.count("}")
