@@ -103,6 +103,20 @@ def with_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame
     return out
 
 
+def _benchmarks(table: pd.DataFrame) -> list[tuple[str, int]]:
+    """The (dataset, n_tasks) pairs of a table, in table order."""
+    return list(dict.fromkeys(zip(table["dataset"], table["n_tasks"])))
+
+
+def _in_benchmark(frame: pd.DataFrame, dataset: str, n_tasks: int) -> pd.DataFrame:
+    return frame[(frame["dataset"] == dataset) & (frame["n_tasks"] == n_tasks)]
+
+
+def _runs_of(runs: pd.DataFrame, row) -> pd.DataFrame:
+    """The runs behind one aggregated row."""
+    return _in_benchmark(runs, row.dataset, row.n_tasks).query("method == @row.method and group == @row.group")
+
+
 def _mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
@@ -137,12 +151,12 @@ def _latex_escape(text: str) -> str:
 def to_latex(table: pd.DataFrame) -> str:
     """Booktabs table: methods as rows, (dataset, tasks) column groups with A_T and A_bar; the best
     continual method per column in bold (upper bounds are not ranked); mean $\\pm$ sd."""
-    benchmarks = list(dict.fromkeys(zip(table["dataset"], table["n_tasks"])))
+    benchmarks = _benchmarks(table)
     labels = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["label"]))
     cells = {(r.label, r.dataset, r.n_tasks): r for r in table.itertuples()}
     best = {}
     for bench in benchmarks:
-        ranked = table[(table["dataset"] == bench[0]) & (table["n_tasks"] == bench[1]) & ~table["upper_bound"]]
+        ranked = _in_benchmark(table, *bench).query("not upper_bound")
         for metric in ("final_acc", "avg_acc"):
             values = ranked[f"{metric}_mean"].dropna()
             best[bench, metric] = values.max() if len(values) else None
@@ -181,7 +195,7 @@ def _latex_published_rows(table: pd.DataFrame, benchmarks: list) -> list[str]:
     for method in dict.fromkeys(known["method"]):
         row = [rf"\textit{{{_latex_escape(method)} (published)}}"]
         for bench in benchmarks:
-            match = known[(known["method"] == method) & (known["dataset"] == bench[0]) & (known["n_tasks"] == bench[1])]
+            match = _in_benchmark(known, *bench).query("method == @method")
             if match.empty:
                 row += ["--", "--"]
                 continue
@@ -218,7 +232,7 @@ def plot(runs: pd.DataFrame, table: pd.DataFrame, path: str | Path) -> Path:
     The format follows the file name (.png, .pdf, .svg)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_figure(runs, table, list(dict.fromkeys(zip(table["dataset"], table["n_tasks"]))), path)
+    _save_figure(runs, table, _benchmarks(table), path)
     return path
 
 
@@ -231,10 +245,8 @@ def _save_figure(runs: pd.DataFrame, table: pd.DataFrame, benchmarks: list, targ
 
     fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.5 * len(benchmarks), 4.2), squeeze=False)
     for ax, (dataset, n_tasks) in zip(axes[0], benchmarks):
-        rows = table[(table["dataset"] == dataset) & (table["n_tasks"] == n_tasks)]
-        for row in rows.itertuples():
-            group = runs[(runs["dataset"] == dataset) & (runs["n_tasks"] == n_tasks) & (runs["method"] == row.method)
-                         & (runs["group"] == row.group)]
+        for row in _in_benchmark(table, dataset, n_tasks).itertuples():
+            group = _runs_of(runs, row)
             curves = np.array([c for c in group["step_acc"] if len(c) == len(group["step_acc"].iloc[0])], dtype=float)
             mean = curves.mean(0)
             if row.upper_bound:
@@ -278,15 +290,13 @@ def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) ->
              "<p class='note'>A_T: final accuracy, A_bar: average incremental accuracy (both sample-weighted, %), "
              "mean ± sample sd over seeds; forgetting: max-based. Hover a method for its configuration; "
              "the links open the run files.</p>"]
-    for dataset, n_tasks in dict.fromkeys(zip(table["dataset"], table["n_tasks"])):
-        rows = table[(table["dataset"] == dataset) & (table["n_tasks"] == n_tasks)]
-        rows = rows.sort_values(["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
-        head = "".join(f"<th>{h}</th>" for h in ["#", "method", "A_T", "A_bar", "forgetting", "seeds"]
+    for dataset, n_tasks in _benchmarks(table):
+        rows = _in_benchmark(table, dataset, n_tasks).sort_values(["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
+        head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{h}</th>" for h in ["#", "method", "A_T", "A_bar", "forgetting", "seeds"]
                        + (["published A_T", "Δ A_T", "source"] if has_published else []) + ["runs"])
         body = []
         for rank, r in enumerate(rows.itertuples(), 1):
-            group = runs[(runs["dataset"] == dataset) & (runs["n_tasks"] == n_tasks) & (runs["method"] == r.method)
-                         & (runs["group"] == r.group)]
+            group = _runs_of(runs, r)
             tooltip = html.escape(f"config {r.group}: {group['hparams'].iloc[0]}", quote=True)
             links = " ".join(f"<a href='{(runs_folder / (run_id + '.json')).as_uri()}'>s{seed}</a>"
                              for run_id, seed in zip(group["run_id"], group["seed"]))
@@ -305,6 +315,6 @@ def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) ->
         buffer = io.BytesIO()
         _save_figure(runs, table, [(dataset, n_tasks)], buffer, fmt="png")
         image = base64.b64encode(buffer.getvalue()).decode()
-        parts.append(f"<h2>{html.escape(str(dataset))}, {n_tasks} tasks</h2><table><tr>{head.replace('<th>method', '<th class=m>method')}</tr>"
+        parts.append(f"<h2>{html.escape(str(dataset))}, {n_tasks} tasks</h2><table><tr>{head}</tr>"
                      + "".join(body) + f"</table><img alt='accuracy after each task' src='data:image/png;base64,{image}'>")
     return "".join(parts) + "</body></html>\n"
