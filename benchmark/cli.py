@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Continual-learning benchmark harness for PEFT methods on frozen ViTs. "
-                    "With no arguments: every method on the synthetic benchmark, seed 0.",
+                    "With no arguments: every method (variants aside) on the synthetic benchmark, seed 0.",
         epilog="The run options (`run` may be omitted): python run_benchmark.py run --help")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run methods on a benchmark (the default command)")
-    run.add_argument("--methods", nargs="+", metavar="NAME", help="methods to run (default: all registered)")
+    run.add_argument("--methods", nargs="+", metavar="NAME",
+                     help="methods to run (default: every registered method except variants such as "
+                          "inflora-b5; see `list`)")
     run.add_argument("--dataset", default="synth", help="benchmark name (default: synth)")
     run.add_argument("--tasks", type=int, metavar="T", help="number of tasks (default: the dataset's standard)")
     run.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
@@ -98,7 +100,7 @@ def _device(name: str) -> str:
 
 def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
     """All run configurations of a ``run`` command, validated before anything runs."""
-    methods = args.methods or METHODS.names()
+    methods = args.methods or METHODS.default_names()
     device = _device(args.device)
     from benchmark.protocol import resolve_device
 
@@ -191,8 +193,9 @@ def command_check(args: argparse.Namespace) -> int:
 
 def command_list() -> int:
     rows = [[name, ", ".join(a for a, c in METHODS.aliases().items() if c == name),
-             (METHODS.get(name).__doc__ or "").strip().splitlines()[0]] for name in METHODS.names()]
-    print(tabulate(rows, headers=["method", "aliases", "description"], tablefmt="github"))
+             METHODS.get(name).variant_of or "", (METHODS.get(name).__doc__ or "").strip().splitlines()[0]]
+            for name in METHODS.names()]
+    print(tabulate(rows, headers=["method", "aliases", "variant of", "description"], tablefmt="github"))
     print()
     rows = [[name, DATASETS.get(name).num_classes, DATASETS.get(name).default_n_tasks,
              DATASETS.get(name).default_backbone] for name in DATASETS.names()]

@@ -20,7 +20,8 @@ from benchmark.errors import ConfigError
 T = TypeVar("T")
 
 # Modules that register methods / datasets when imported, in table order.
-METHOD_MODULES = ("methods.frozen", "methods.seq_lora", "methods.inflora", "methods.joint")
+METHOD_MODULES = ("methods.frozen", "methods.seq_lora", "methods.inflora", "methods.l2p", "methods.dualprompt",
+                  "methods.coda_prompt", "methods.joint")
 DATASET_MODULES = ("datasets.synthetic",)
 
 
@@ -63,6 +64,11 @@ class Registry:
         """Canonical names in registration order."""
         self._load()
         return list(self._entries)
+
+    def default_names(self) -> list[str]:
+        """Canonical names of the entries a run without a selection uses: all but variants."""
+        self._load()
+        return [name for name, cls in self._entries.items() if getattr(cls, "variant_of", None) is None]
 
     def aliases(self) -> dict[str, str]:
         self._load()

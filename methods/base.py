@@ -80,6 +80,7 @@ class Method(nn.Module):
     DATASET_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}  # dataset -> overrides of Config
     single_task: ClassVar[bool] = False  # True: trained once on all classes (the joint bound)
     upper_bound: ClassVar[bool] = False  # shown in its own table row, not as a continual method
+    variant_of: ClassVar[str | None] = None  # a variant (e.g. inflora-b5): left out of the default run
 
     def __init__(self, backbone: nn.Module, task_sizes: list[int], cfg: MethodConfig):
         super().__init__()
@@ -140,11 +141,7 @@ class Method(nn.Module):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
         """Cross-entropy over the seen classes with past-task logits masked (= current task only)."""
-        logits = self(x)
-        start = self.task_classes(task).start
-        masked = logits.clone()
-        masked[:, :start] = float("-inf")
-        return F.cross_entropy(masked, y)
+        return self.masked_cross_entropy(self(x), y, task)
 
     def end_task(self, task: int, train_loader: Iterable) -> None:
         """Consolidate after ``task`` (no grad). Default: nothing."""
@@ -155,6 +152,13 @@ class Method(nn.Module):
         return self(x)
 
     # -- helpers -------------------------------------------------------------------------------
+    def masked_cross_entropy(self, logits: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
+        """Mean cross-entropy of logits over the seen classes with the past tasks' logits set to
+        -inf, i.e. over ``task``'s classes only: past and future head columns get no gradient."""
+        masked = logits.clone()
+        masked[:, :self.task_classes(task).start] = float("-inf")
+        return F.cross_entropy(masked, y)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The (possibly adapted) backbone's CLS feature after the final LayerNorm."""
         return backbone_features(self.backbone, x)

@@ -178,6 +178,7 @@ class InfLoRAB5(InfLoRA):
     """InfLoRA on blocks 0-4 with plain GPM (the paper's InfLoRA-b5 variant)."""
 
     Config = InfLoRAB5Config
+    variant_of = "inflora"
     DATASET_DEFAULTS = {
         # the tiny synth ViT has 4 blocks: b5 adapts all of them, so it differs from inflora by GPM
         "synth": dict(INFLORA_DEFAULTS["synth"], blocks=[0, 1, 2, 3]),

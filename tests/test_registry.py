@@ -41,3 +41,14 @@ def test_import_errors_are_reported_for_the_requested_name():
 def test_reference_methods_are_registered():
     assert {"frozen", "seq-lora", "joint"} <= set(METHODS.names())
     assert METHODS.get("joint").single_task and METHODS.get("joint").upper_bound
+
+
+def test_the_default_run_has_every_method_but_variants():
+    from benchmark.cli import build_parser, resolve_runs
+
+    defaults = METHODS.default_names()
+    assert "inflora-b5" in METHODS.names() and "inflora-b5" not in defaults
+    assert {"frozen", "seq-lora", "inflora", "l2p", "dualprompt", "coda", "joint"} == set(defaults)
+    assert METHODS.canonical("coda-prompt") == "coda"
+    configs = resolve_runs(build_parser().parse_args(["run", "--device", "cpu"]))
+    assert [c.method for c in configs] == defaults

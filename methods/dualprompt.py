@@ -1,0 +1,110 @@
+"""``dualprompt``: DualPrompt (Wang et al., ECCV 2022) as in the CODA-Prompt code.
+
+Specification: ``shared/reference/prompt-methods.md`` sections 1 and 3 (GT-RIPL/CODA-Prompt,
+6417d4f). A task-shared g-prompt of length 6 at blocks 0-1 (3 key + 3 value prefix tokens) and,
+at blocks 2-4, a pool of T e-prompts of length 20 (one per task; 10 + 10 prefix tokens) with one
+key each; every e-block has its own keys (GT-RIPL/CODA-Prompt issue #3). Training on task t uses
+the ground-truth e-prompt t at every e-block, with key loss sum_b (1 - cos(q_b, key_t)) per e-block,
+summed over the e-blocks with weight 1. At inference each e-block takes its own top-1 key match
+over the whole pool (as the code does: keys of tasks not trained yet are candidates too, but stay
+at their U[0, 1) init and rarely win). Prompts and keys start U[0, 1). Past e-prompts get no
+gradient; the previous task's prompt is not copied into the new slot (unlike the original).
+Where a block has both, its prefix is the e-prompt's tokens followed by the g-prompt's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.errors import ConfigError
+from benchmark.registry import register_method
+from methods.base import MethodConfig
+from methods.prompt_base import PromptMethod, split_prefix, uniform_prompt
+
+
+@dataclass
+class DualPromptConfig(MethodConfig):
+    """DualPrompt hyperparameters; defaults are the CODA-Prompt code's (``--prompt_param T 20 6``)."""
+
+    g_length: int = 6
+    g_blocks: list[int] = field(default_factory=lambda: [0, 1])
+    e_length: int = 20
+    e_blocks: list[int] = field(default_factory=lambda: [2, 3, 4])
+    key_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("g_length", "e_length"):
+            length = getattr(self, name)
+            if length < 2 or length % 2:
+                raise ConfigError(f"DualPrompt {name} must be even and >= 2, got {length}")
+        if not self.e_blocks:
+            raise ConfigError("DualPrompt needs at least one e-prompt block (e_blocks)")
+
+
+class EPromptPool(nn.Module):
+    """One e-block's task-specific prompts (T, L, D) and keys (T, D), both U[0, 1)."""
+
+    def __init__(self, n_tasks: int, length: int, dim: int):
+        super().__init__()
+        self.prompts = uniform_prompt(n_tasks, length, dim)
+        self.keys = uniform_prompt(n_tasks, dim)
+
+
+@register_method("dualprompt")
+class DualPrompt(PromptMethod):
+    """Shared g-prompts in the early blocks, task-keyed e-prompts in the middle blocks."""
+
+    Config = DualPromptConfig
+    # CODA-Prompt code recipe (ImageNet-A: no reference config, CIFAR-100 recipe). The tiny synth
+    # ViT has 4 blocks, so its e-prompts sit at blocks 2-3.
+    DATASET_DEFAULTS = {
+        "synth": dict(epochs=3, lr=1e-2, e_blocks=[2, 3]),
+        "cifar100": dict(epochs=20, lr=1e-3),
+        "imagenet-r": dict(epochs=50, lr=1e-3),
+        "imagenet-a": dict(epochs=20, lr=1e-3),
+        "domainnet": dict(epochs=5, lr=1e-3),
+    }
+
+    def __init__(self, backbone, task_sizes, cfg: DualPromptConfig):
+        super().__init__(backbone, task_sizes, cfg)
+        dim = self.feature_dim
+        self.g_prompts = nn.ParameterDict({str(b): uniform_prompt(cfg.g_length, dim) for b in cfg.g_blocks})
+        self.e_pools = nn.ModuleDict({str(b): EPromptPool(len(task_sizes), cfg.e_length, dim)
+                                      for b in cfg.e_blocks})
+
+    def prompt_blocks(self) -> list[int]:
+        return sorted(set(self.cfg.g_blocks) | set(self.cfg.e_blocks))
+
+    def e_prompt_index(self, query: torch.Tensor, pool: EPromptPool, task: int | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample: the e-prompt to use (B,) and its cosine with the query (B,)."""
+        cosine = F.normalize(query, dim=1) @ F.normalize(pool.keys, dim=1).T  # (B, T)
+        if task is None:
+            index = cosine.argmax(dim=1)
+        else:
+            index = torch.full((len(query),), task, dtype=torch.long, device=query.device)
+        return index, cosine.gather(1, index[:, None])[:, 0]
+
+    def prompts(self, query, task):
+        batch = len(query)
+        tokens: dict[int, list[torch.Tensor]] = {b: [] for b in self.prefix_layers}  # key/value parts
+        key_loss = query.new_zeros((), dtype=torch.float32)
+        for block, pool in self.e_pools.items():
+            index, cosine = self.e_prompt_index(query, pool, task)
+            tokens[int(block)].append(pool.prompts.index_select(0, index))  # deterministic backward
+            if task is not None:
+                key_loss = key_loss + self.cfg.key_loss_weight * (1 - cosine).sum()
+        for block, prompt in self.g_prompts.items():
+            tokens[int(block)].append(prompt.expand(batch, -1, -1))
+        values = {}
+        for block, parts in tokens.items():
+            halves = [split_prefix(part) for part in parts]
+            values[block] = (torch.cat([k for k, _ in halves], 1), torch.cat([v for _, v in halves], 1))
+        return values, key_loss
+
+    def prompt_parameters(self, task: int) -> list[nn.Parameter]:
+        return list(self.g_prompts.parameters()) + list(self.e_pools.parameters())

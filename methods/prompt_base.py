@@ -1,0 +1,85 @@
+"""The frame shared by the prompt methods (L2P++, DualPrompt, CODA-Prompt), as in the CODA-Prompt code.
+
+Specification: ``shared/reference/prompt-methods.md`` section 1. Per batch:
+
+1. **Query pass** (``query``): the frozen backbone with no prompts, under ``no_grad``; the
+   final-LayerNorm CLS token q (B, D). Computed once per batch and handed to every prompted block.
+2. **Prompt selection** (``prompts``, the one hook a prompt method writes): from q, the key and
+   value prefix tokens of each prompted block, plus the auxiliary loss (key/matching loss) when
+   training. ``task`` is the ground-truth task in training and ``None`` at inference.
+3. **Prompted pass**: the backbone again with those prefixes (``methods/prefix.py``); its
+   final-LayerNorm CLS token feeds the linear head.
+4. **Loss**: cross-entropy over the current task's classes (past logits masked, future ones not
+   computed) plus the auxiliary loss with weight 1.
+
+The head is one linear layer per task (PyTorch default init), concatenated in task order; this is
+the same function as the reference's single Linear(D, C) under this masking, where the columns of
+past and future classes get zero gradient and, with Adam rebuilt per task, no update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import Method, TaskHeads
+from methods.prefix import Prefix, add_prefix_attention, prefixes
+
+
+def split_prefix(prompt: torch.Tensor) -> Prefix:
+    """A prompt (B, L, D) as prefix tokens: the first L // 2 for keys, the rest for values."""
+    half = prompt.shape[1] // 2
+    return prompt[:, :half], prompt[:, half:]
+
+
+def uniform_prompt(*shape: int) -> nn.Parameter:
+    """A prompt or key tensor initialised U[0, 1), as in the CODA-Prompt code."""
+    return nn.Parameter(torch.rand(*shape))
+
+
+class PromptMethod(Method):
+    """Frozen ViT + query-selected prefix prompts + linear head (the CODA-Prompt frame)."""
+
+    def __init__(self, backbone, task_sizes, cfg):
+        super().__init__(backbone, task_sizes, cfg)
+        self.prefix_layers = add_prefix_attention(backbone, self.prompt_blocks())
+        self.heads = TaskHeads(self.feature_dim, self.task_sizes)
+
+    # -- what a prompt method defines -----------------------------------------------------------
+    def prompt_blocks(self) -> list[int]:
+        """The backbone blocks that receive prefixes (called once, at construction)."""
+        raise NotImplementedError
+
+    def prompts(self, query: torch.Tensor, task: int | None) -> tuple[dict[int, Prefix], torch.Tensor]:
+        """Prefixes per prompted block for the queries (B, D), and the auxiliary loss (a scalar;
+        zero at inference). ``task``: the ground-truth task in training, ``None`` at inference."""
+        raise NotImplementedError
+
+    def prompt_parameters(self, task: int) -> list[nn.Parameter]:
+        """The prompt-module parameters to optimise on ``task``."""
+        raise NotImplementedError
+
+    # -- the shared frame -----------------------------------------------------------------------
+    @torch.no_grad()
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen, unprompted backbone's final-LayerNorm CLS token; carries no autograd graph."""
+        return self.features(x)
+
+    def prompted_logits(self, x: torch.Tensor, task: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the seen classes of the prompted pass, and the auxiliary loss."""
+        prefix_values, aux_loss = self.prompts(self.query(x), task)
+        with prefixes(self.prefix_layers, prefix_values):
+            features = self.features(x)
+        return self.heads(features, self.current_task), aux_loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prompted_logits(x, None)[0]
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
+        logits, aux_loss = self.prompted_logits(x, task)
+        return self.masked_cross_entropy(logits, y, task) + aux_loss
+
+    def trainable_parameters(self, task: int) -> list[dict[str, Any]]:
+        return self.param_groups(self.prompt_parameters(task), self.heads.heads[task])
