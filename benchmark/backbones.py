@@ -25,7 +25,45 @@ SYNTH_VIT_META = WEIGHTS_DIR / "vit_tiny_synth.json"
 SYNTH_VIT_KWARGS = dict(img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4,
                         global_pool="token", class_token=True)
 
-BACKBONES = ("vit_tiny_synth", "vit_base_patch16_224")
+SYNTH_VIT = "vit_tiny_synth"
+VIT_B16 = "vit_base_patch16_224"
+# Short names accepted by --backbone. A bare ViT-B/16 name gets the pretrained tag of the method's
+# reference code (``Method.pretrained_tag``); any other timm name is used as given.
+BACKBONE_ALIASES = {"tiny": SYNTH_VIT, "vit-b16": VIT_B16}
+SYNTH_IMAGE_SIZE = 32
+
+
+def resolve_backbone_name(name: str, pretrained_tag: str) -> str:
+    """The full backbone name a run uses: aliases expanded, ViT-B/16 pinned to ``pretrained_tag``.
+
+    ``ConfigError`` for a name timm does not know or a tag it has no weights for.
+    """
+    name = BACKBONE_ALIASES.get(name, name)
+    if name == SYNTH_VIT:
+        return name
+    if name == VIT_B16:
+        name = f"{VIT_B16}.{pretrained_tag}"
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown backbone {name!r}; use tiny, vit-b16 or a timm ViT name such as "
+                          f"{VIT_B16}.augreg_in21k")
+    try:
+        get_pretrained_cfg(name)
+    except RuntimeError as err:
+        raise ConfigError(f"backbone {name!r}: {err}") from None
+    return name
+
+
+def backbone_input_size(name: str) -> int:
+    """The square input size (pixels) of a resolved backbone name."""
+    if name == SYNTH_VIT:
+        return SYNTH_IMAGE_SIZE
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return cfg.input_size[-1] if cfg is not None else 224
 
 
 def build_tiny_vit(num_classes: int = 0) -> VisionTransformer:
@@ -37,12 +75,14 @@ def build_backbone(name: str, weights: str | None = None, pretrained: bool = Tru
     """Build a frozen backbone in eval mode with no classifier.
 
     Args:
-        name: ``vit_tiny_synth`` (the shipped synth backbone) or a timm ViT name such as
-            ``vit_base_patch16_224``.
+        name: ``vit_tiny_synth`` (the shipped synth backbone) or a timm ViT name with its
+            pretrained tag, e.g. ``vit_base_patch16_224.augreg_in21k`` (see ``resolve_backbone_name``).
         weights: optional path to a local checkpoint; for timm names the default is timm's cache.
         pretrained: load pretrained weights (False: random init, e.g. for timing runs).
     """
-    if name == "vit_tiny_synth":
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"backbone weights file {weights} does not exist; check --pretrained-path")
+    if name == SYNTH_VIT:
         model = build_tiny_vit()
         if pretrained:
             path = Path(weights) if weights else SYNTH_VIT_FILE
@@ -54,16 +94,18 @@ def build_backbone(name: str, weights: str | None = None, pretrained: bool = Tru
     else:
         import timm
 
-        if name not in timm.list_models():
-            raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} "
-                              "or any timm ViT name")
-        overlay = {"file": str(weights)} if weights else None
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown backbone {name!r}; use tiny, vit-b16 or a timm ViT name")
+        # a Google big_vision .npz goes through timm's own npz loader (custom_load)
+        overlay = {"file": str(weights), "custom_load": str(weights).endswith(".npz")} if weights else None
         try:
             model = timm.create_model(name, pretrained=pretrained, num_classes=0,
                                       pretrained_cfg_overlay=overlay)
-        except (OSError, RuntimeError) as err:
-            raise ConfigError(f"could not load pretrained weights for {name}: {err}. Put them in "
-                              "timm's cache or pass --backbone-weights FILE") from err
+        except (OSError, RuntimeError, KeyError, ValueError) as err:
+            where = f"from {weights}" if weights else "from the timm / Hugging Face cache (offline)"
+            raise ConfigError(f"could not load pretrained weights for {name} {where} "
+                              f"({type(err).__name__}); put them in the Hugging Face cache ($HF_HOME) or "
+                              "pass --pretrained-path FILE (.safetensors, .pth or .npz)") from err
     model.eval()
     model.requires_grad_(False)
     return model

@@ -16,7 +16,7 @@ from typing import Any
 from tabulate import tabulate
 
 from benchmark import store
-from benchmark.config import PRESETS, RunConfig, resolve
+from benchmark.config import DATA_PREFIX, PRESETS, RunConfig, resolve
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 
@@ -55,15 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hyperparameter preset on top of the per-dataset defaults (default: paper)")
     run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
-    run.add_argument("--backbone", help="backbone name (default: the dataset's; synth uses vit_tiny_synth)")
-    run.add_argument("--backbone-weights", metavar="FILE", help="local checkpoint for the backbone")
+    run.add_argument("--backbone", help="tiny (the 32 px synth ViT), vit-b16 (ViT-B/16 with the method's reference "
+                                        "weights tag) or a timm name with tag (default: the dataset's: synth "
+                                        "tiny, real data sets vit-b16)")
+    run.add_argument("--pretrained-path", "--backbone-weights", dest="backbone_weights", metavar="FILE",
+                     help="backbone weights file (.safetensors, .pth or Google .npz) instead of the timm cache")
+    run.add_argument("--image-size", type=int, metavar="PX",
+                     help="input size of image data sets (default and only valid value: the backbone's)")
+    run.add_argument("--split-file", metavar="PATH", help="ImageNet-R: the CODA-Prompt split (data.split_file)")
+    run.add_argument("--domains", nargs="+", metavar="NAME", help="DomainNet: domains to use (default: all six)")
     run.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "./data"),
                      help="folder holding the datasets (default: $CL_DATA_ROOT or ./data)")
     run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     run.add_argument("--force", action="store_true", help="rerun even if a result exists")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    sub.add_parser("list", help="list registered methods and datasets")
+    listing = sub.add_parser("list", help="list registered methods and datasets")
+    listing.add_argument("--presets", action="store_true",
+                         help="print each method's per-dataset recipe and the named presets instead")
     report = sub.add_parser("report", help="aggregate stored runs over seeds into a table")
     report.add_argument("--dataset", nargs="+", metavar="NAME", help="only these datasets")
     report.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods")
@@ -87,6 +96,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    for key in ("image_size", "split_file", "domains"):  # shortcuts for data set options
+        value = getattr(args, key)
+        if value is not None:
+            overrides[DATA_PREFIX + key] = value
     return overrides
 
 
@@ -191,6 +204,30 @@ def command_check(args: argparse.Namespace) -> int:
     return regression.check(update=args.update, tolerance=args.tolerance, methods=args.methods)
 
 
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "schedule")
+
+
+def command_list_presets() -> int:
+    """Each method's recipe per dataset (Config < DATASET_DEFAULTS) and the named presets on top."""
+    import dataclasses
+
+    rows = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        base = dataclasses.asdict(cls.Config())
+        for dataset in DATASETS.names():
+            recipe = {**base, **cls.DATASET_DEFAULTS.get(dataset, {})}
+            other = {k: v for k, v in cls.DATASET_DEFAULTS.get(dataset, {}).items() if k not in RECIPE_KEYS}
+            rows.append([name, dataset, *(recipe[k] for k in RECIPE_KEYS), f"vit-b16: {cls.pretrained_tag}",
+                         ", ".join(f"{k}={v}" for k, v in other.items())])
+    print(tabulate(rows, headers=["method", "dataset", *RECIPE_KEYS, "weights tag", "other settings"],
+                   tablefmt="github"))
+    print("\nPresets (--preset) applied on top: " + "; ".join(
+        f"{name}: {', '.join(f'{k}={v}' for k, v in values.items()) or 'the recipe as is'}"
+        for name, values in PRESETS.items()))
+    return 0
+
+
 def command_list() -> int:
     rows = [[name, ", ".join(a for a, c in METHODS.aliases().items() if c == name),
              METHODS.get(name).variant_of or "", (METHODS.get(name).__doc__ or "").strip().splitlines()[0]]
@@ -210,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        commands = {"list": lambda: command_list(), "report": lambda: command_report(args),
+        commands = {"list": lambda: command_list_presets() if args.presets else command_list(), "report": lambda: command_report(args),
                     "check": lambda: command_check(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:

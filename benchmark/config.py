@@ -131,7 +131,10 @@ def resolve(method: str, dataset: str = "synth", n_tasks: int | None = None, see
         _apply(hparams, method_layer, method_hints, where)
         _apply(data_options, data_layer, data_hints, where, DATA_PREFIX)
 
-    run_fields["backbone"] = run_fields.get("backbone") or dataset_cls.default_backbone
+    from benchmark.backbones import resolve_backbone_name  # torch/timm: imported only when resolving
+
+    run_fields["backbone"] = resolve_backbone_name(run_fields.get("backbone") or dataset_cls.default_backbone,
+                                                   method_cls.pretrained_tag)
     config = RunConfig(method=method, dataset=dataset, n_tasks=n_tasks, seed=seed, preset=preset,
                        hparams=hparams, data_options=data_options, **run_fields)
     validate(config)
@@ -160,7 +163,18 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(message)
     from datasets.base import check_n_tasks  # local: datasets import the registry, not the config
 
-    check_n_tasks(DATASETS.get(config.dataset).num_classes, config.n_tasks, config.dataset)
+    from benchmark.backbones import backbone_input_size
+
+    dataset_cls = DATASETS.get(config.dataset)
+    check_n_tasks(dataset_cls.num_classes, config.n_tasks, config.dataset)
+    size = backbone_input_size(config.backbone)
+    if dataset_cls.fixed_image_size not in (None, size):
+        raise ConfigError(f"{config.dataset} images are {dataset_cls.fixed_image_size} px but backbone "
+                          f"{config.backbone} takes {size} px; use --backbone tiny")
+    image_size = config.data_options.get("image_size")
+    if image_size is not None and image_size != size:
+        raise ConfigError(f"--image-size {image_size} does not match backbone {config.backbone}, which takes "
+                          f"{size} px; leave --image-size out, or use --backbone tiny for 32 px")
     config.method_config()  # method-specific checks (Config.__post_init__)
     config.dataset_options()
 

@@ -10,6 +10,7 @@ task's classes) and every metric of ``benchmark.metrics``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import platform
 import random
@@ -21,7 +22,7 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.backbones import build_backbone
+from benchmark.backbones import backbone_input_size, build_backbone
 from benchmark.config import RunConfig
 from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
@@ -164,7 +165,10 @@ def environment(device: torch.device) -> dict[str, Any]:
 def build_run(config: RunConfig, device: torch.device) -> tuple[TaskSplit, Method]:
     """The task split and the freshly built method of a run (seeded by ``config.seed``)."""
     dataset_cls = DATASETS.get(config.dataset)
-    data = dataset_cls.load(config.dataset_options(), config.data_root)
+    options = config.dataset_options()
+    if getattr(options, "image_size", 0) is None:  # image data sets: the backbone's input size
+        options = dataclasses.replace(options, image_size=backbone_input_size(config.backbone))
+    data = dataset_cls.load(options, config.data_root)
     method_cls = METHODS.get(config.method)
     n_tasks = 1 if method_cls.single_task else config.n_tasks
     split = TaskSplit(data, n_tasks, config.seed, config.shuffle_classes, config.dataset)
@@ -222,5 +226,6 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         "trainable_params": trainable,
         "timings": {"total_s": round(time.time() - start, 3), "tasks": timings},
         "environment": {**environment(device), "backbone_digest": method.backbone_digest},
-        "data_info": split.data.info,
+        "data_info": {**split.data.info, "task_images": [
+            {"train": len(split.train_set(t)), "test": len(split.test_set(t))} for t in range(split.n_tasks)]},
     }

@@ -160,7 +160,8 @@ class BenchmarkDataset:
     name: str
     num_classes: int
     default_n_tasks: int
-    default_backbone: str = "vit_base_patch16_224"
+    default_backbone: str = "vit-b16"  # a --backbone value: tiny, vit-b16 or a timm name
+    fixed_image_size: int | None = None  # set when the images exist at one size only (synth)
     Options: type[DatasetOptions] = DatasetOptions
 
     @classmethod

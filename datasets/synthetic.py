@@ -206,7 +206,8 @@ class SynthBenchmark(BenchmarkDataset):
 
     num_classes = 100
     default_n_tasks = 10
-    default_backbone = "vit_tiny_synth"
+    default_backbone = "tiny"
+    fixed_image_size = IMAGE_SIZE
     Options = SynthOptions
 
     @classmethod

@@ -81,6 +81,9 @@ class Method(nn.Module):
     single_task: ClassVar[bool] = False  # True: trained once on all classes (the joint bound)
     upper_bound: ClassVar[bool] = False  # shown in its own table row, not as a continual method
     variant_of: ClassVar[str | None] = None  # a variant (e.g. inflora-b5): left out of the default run
+    # timm pretrained tag of ViT-B/16 in the method's reference code (used when --backbone vit-b16);
+    # default: the CODA-Prompt code's (timm 0.4.12 vit_base_patch16_224)
+    pretrained_tag: ClassVar[str] = "augreg_in21k_ft_in1k"
 
     def __init__(self, backbone: nn.Module, task_sizes: list[int], cfg: MethodConfig):
         super().__init__()

@@ -60,9 +60,9 @@ class DualPrompt(PromptMethod):
 
     Config = DualPromptConfig
     # CODA-Prompt code recipe (ImageNet-A: no reference config, CIFAR-100 recipe). The tiny synth
-    # ViT has 4 blocks, so its e-prompts sit at blocks 2-3.
+    # ViT has 4 blocks, so its e-prompts sit at blocks 2-3; synth recipe: README, "The synthetic benchmark".
     DATASET_DEFAULTS = {
-        "synth": dict(epochs=3, lr=1e-2, e_blocks=[2, 3]),
+        "synth": dict(epochs=2, lr=3e-2, e_blocks=[2, 3]),
         "cifar100": dict(epochs=20, lr=1e-3),
         "imagenet-r": dict(epochs=50, lr=1e-3),
         "imagenet-a": dict(epochs=20, lr=1e-3),

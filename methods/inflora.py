@@ -107,6 +107,7 @@ class InfLoRA(Method):
 
     Config = InfLoRAConfig
     DATASET_DEFAULTS = INFLORA_DEFAULTS
+    pretrained_tag = "augreg_in21k"  # InfLoRA's code: ViT-B/16 ImageNet-21k AugReg (no 1k fine-tuning)
 
     def __init__(self, backbone, task_sizes, cfg: InfLoRAConfig):
         super().__init__(backbone, task_sizes, cfg)

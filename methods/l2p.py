@@ -63,9 +63,9 @@ class L2P(PromptMethod):
 
     Config = L2PConfig
     # CODA-Prompt code recipe: Adam, lr 1e-3, batch 128, per-epoch cosine; ImageNet-A has no
-    # reference config and uses the CIFAR-100 recipe. Synth: the README's CPU recipe.
+    # reference config and uses the CIFAR-100 recipe. Synth recipe: README, "The synthetic benchmark".
     DATASET_DEFAULTS = {
-        "synth": dict(epochs=3, lr=1e-2),
+        "synth": dict(epochs=2, lr=3e-2),
         "cifar100": dict(epochs=20, lr=1e-3),
         "imagenet-r": dict(epochs=50, lr=1e-3),
         "imagenet-a": dict(epochs=20, lr=1e-3),

@@ -34,6 +34,7 @@ class SeqLoRA(Method):
     """One shared, fully trained LoRA branch on k and v + per-task linear heads."""
 
     Config = SeqLoRAConfig
+    pretrained_tag = "augreg_in21k"  # InfLoRA's code: ViT-B/16 ImageNet-21k AugReg (no 1k fine-tuning)
     # InfLoRA's official Adam recipes (liangyanshuo/InfLoRA configs); synth: tuned so LoRA moves
     # the features within the CPU budget (README, "synthetic benchmark").
     DATASET_DEFAULTS = {

@@ -1,6 +1,6 @@
 """Measure what makes ``synth`` a useful benchmark, over seeds; prints the README's table.
 
-    python scripts/synth_figures.py                  # seeds 0 1 2, ~10 min on 2 CPU cores
+    python scripts/synth_figures.py                  # seeds 0 1 2, ~15 min on 2 CPU cores
 
 (a) Pretraining matters: a linear probe (all 100 classes at once, mean-pooled tokens) on the
     shipped tiny ViT beats the same probe on a random-init one by >= 10 points.
@@ -31,7 +31,7 @@ from benchmark.backbones import build_backbone  # noqa: E402
 from benchmark.config import resolve  # noqa: E402
 from datasets.synthetic import SynthBenchmark, SynthOptions  # noqa: E402
 
-METHODS = ("frozen", "seq-lora", "inflora", "joint")
+METHODS = ("frozen", "seq-lora", "inflora", "l2p", "dualprompt", "coda", "joint")
 
 
 @torch.no_grad()
