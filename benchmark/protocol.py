@@ -190,7 +190,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         task_start = time.time()
         loader = Loader(split.train_set(task), method.cfg.batch_size, shuffle=True,
                         seed=config.seed * 1000 + task, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last)
         method.enter_task(task)
         method.eval()
         with torch.no_grad():

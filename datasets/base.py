@@ -86,26 +86,32 @@ class Loader:
     """Batches of one task's data; shuffling is seeded per (seed, epoch) for exact reproducibility.
 
     In-memory ``TensorImages`` are sliced a batch at a time; any other dataset goes through a
-    torch ``DataLoader`` with workers and pinned memory.
+    torch ``DataLoader`` with workers and pinned memory. ``drop_last`` skips the last incomplete
+    batch of each pass, unless the data set is smaller than one batch.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False):
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.seed, self.epoch = seed, 0
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.drop_last = drop_last and len(dataset) >= batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.dataset) // self.batch_size
         return -(-len(self.dataset) // self.batch_size)
 
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
-            return torch.arange(len(self.dataset))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.dataset), generator=generator)
+            order = torch.arange(len(self.dataset))
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=generator)
+        return order[:len(self) * self.batch_size] if self.drop_last else order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()

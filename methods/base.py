@@ -53,6 +53,7 @@ class MethodConfig:
     milestones: list[int] = field(default_factory=list)  # step schedule: epochs where lr *= gamma
     gamma: float = 0.1
     grad_clip: float = 0.0  # max grad norm; 0 disables
+    drop_last: bool = False  # skip each epoch's last incomplete training batch (CODA-Prompt's loaders do)
 
 
 class TaskHeads(nn.Module):

@@ -42,6 +42,7 @@ class CodaPromptConfig(MethodConfig):
     length: int = 8
     blocks: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     ortho_weight: float = 0.0  # mu; the paper's version used 0.1 (with an internal 1e-6 factor)
+    drop_last: bool = True  # as the CODA-Prompt code's training loaders
 
     def __post_init__(self) -> None:
         if self.length < 2 or self.length % 2:
@@ -104,11 +105,13 @@ class ComponentPool(nn.Module):
 
 
 def component_weights(query: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """alpha (B, M) with alpha_bm = cos(q_b * A_m, K_m)."""
-    unit_keys = F.normalize(keys, dim=1)
-    numerator = query @ (attention * unit_keys).T
-    norm = ((query * query) @ (attention * attention).T).clamp_min(0).sqrt()
-    return numerator / norm.clamp_min(1e-12)
+    """alpha (B, M) with alpha_bm = cos(q_b * A_m, K_m), in float32 even under autocast."""
+    with torch.autocast(query.device.type, enabled=False):
+        query, keys, attention = query.float(), keys.float(), attention.float()
+        unit_keys = F.normalize(keys, dim=1)
+        numerator = query @ (attention * unit_keys).T
+        norm = ((query * query) @ (attention * attention).T).clamp_min(0).sqrt()
+        return numerator / norm.clamp_min(1e-12)
 
 
 @register_method("coda", "coda-prompt")
@@ -170,4 +173,4 @@ class CodaPrompt(PromptMethod):
 
     def load_checkpoint_state(self, state: dict) -> None:
         super().load_checkpoint_state(state)
-        self.init_generator.set_state(state["init_generator"])
+        self.init_generator.set_state(state["init_generator"].cpu())

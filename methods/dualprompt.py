@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
 from methods.base import MethodConfig
-from methods.prompt_base import PromptMethod, split_prefix, uniform_prompt
+from methods.prompt_base import PromptMethod, cosine_matrix, split_prefix, uniform_prompt
 
 
 @dataclass
@@ -35,6 +34,7 @@ class DualPromptConfig(MethodConfig):
     e_length: int = 20
     e_blocks: list[int] = field(default_factory=lambda: [2, 3, 4])
     key_loss_weight: float = 1.0
+    drop_last: bool = True  # as the CODA-Prompt code's training loaders
 
     def __post_init__(self) -> None:
         for name in ("g_length", "e_length"):
@@ -82,7 +82,7 @@ class DualPrompt(PromptMethod):
     def e_prompt_index(self, query: torch.Tensor, pool: EPromptPool, task: int | None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample: the e-prompt to use (B,) and its cosine with the query (B,)."""
-        cosine = F.normalize(query, dim=1) @ F.normalize(pool.keys, dim=1).T  # (B, T)
+        cosine = cosine_matrix(query, pool.keys)  # (B, T)
         if task is None:
             index = cosine.argmax(dim=1)
         else:

@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
 from methods.base import MethodConfig
-from methods.prompt_base import PromptMethod, uniform_prompt
+from methods.prompt_base import PromptMethod, cosine_matrix, uniform_prompt
 
 DEEP_BLOCKS = (0, 1, 2, 3, 4)
 
@@ -39,6 +38,7 @@ class L2PConfig(MethodConfig):
     top_k: int = 5
     deep: bool = False  # Deep L2P++: prompts at blocks 0-4 (every block of a shallower backbone)
     key_loss_weight: float = 1.0
+    drop_last: bool = True  # as the CODA-Prompt code's training loaders
 
     def __post_init__(self) -> None:
         if self.length < 2 or self.length % 2:
@@ -84,7 +84,7 @@ class L2P(PromptMethod):
 
     def select(self, query: torch.Tensor, pool: PromptPool) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample top-k: indices (B, k) and their cosines (B, k), differentiable in the keys."""
-        cosine = F.normalize(query, dim=1) @ F.normalize(pool.keys, dim=1).T
+        cosine = cosine_matrix(query, pool.keys)
         top = cosine.topk(self.cfg.top_k, dim=1).indices
         return top, cosine.gather(1, top)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method, TaskHeads
@@ -32,6 +33,13 @@ def split_prefix(prompt: torch.Tensor) -> Prefix:
     """A prompt (B, L, D) as prefix tokens: the first L // 2 for keys, the rest for values."""
     half = prompt.shape[1] // 2
     return prompt[:, :half], prompt[:, half:]
+
+
+def cosine_matrix(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities (B, M) of queries (B, D) and keys (M, D), in float32 even under
+    autocast: in bf16, top-k choices flip and 1 - cos is coarse near 1, where trained keys sit."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T
 
 
 def uniform_prompt(*shape: int) -> nn.Parameter:

@@ -29,7 +29,8 @@ def task_loader(split, method, task: int):
     """The training loader the protocol would build for ``task`` (seeded)."""
     from datasets.base import Loader
 
-    return Loader(split.train_set(task), method.cfg.batch_size, shuffle=True, seed=task)
+    return Loader(split.train_set(task), method.cfg.batch_size, shuffle=True, seed=task,
+                  drop_last=method.cfg.drop_last)
 
 
 def begin_task(method, split, task: int) -> None:

@@ -42,6 +42,15 @@ def test_without_prefix_the_wrapper_is_timm_attention_bit_for_bit(model):
     assert torch.equal(backbone_features(model, images), plain)
 
 
+def test_zero_length_prefixes_everywhere_leave_the_features_bit_identical(model):
+    images = torch.rand(4, 3, 32, 32)
+    plain = backbone_features(model, images)
+    layers = add_prefix_attention(model, [0, 1, 2, 3])
+    empty = torch.zeros(4, 0, model.embed_dim)
+    with prefixes(layers, {b: (empty, empty) for b in layers}):
+        assert torch.equal(backbone_features(model, images), plain)
+
+
 def test_zero_length_prefix_equals_timm_attention(model):
     x = block_input(model)
     attn = model.blocks[0].attn

@@ -87,8 +87,9 @@ def test_training_masks_past_and_future_classes(name):
     x = images()
     y = torch.full((len(x),), method.task_classes(1).start + 1)
     grads = prompt_grads(method, 1, x, y)
-    assert torch.count_nonzero(grads["heads.heads.0.weight"]) == 0
-    assert torch.count_nonzero(grads["heads.heads.1.weight"]) > 0
+    for part in ("weight", "bias"):
+        assert torch.count_nonzero(grads[f"heads.heads.0.{part}"]) == 0
+        assert torch.count_nonzero(grads[f"heads.heads.1.{part}"]) > 0
     assert method.prompted_logits(x, 1)[0].shape[1] == 8  # future classes are not computed
 
 
@@ -276,14 +277,66 @@ def test_coda_prompt_is_the_alpha_weighted_sum_of_components():
     assert loss == 0
 
 
-def test_coda_ortho_penalty_is_added_in_training_only():
+def test_coda_ortho_penalty_is_mu_times_the_gram_error_of_the_visible_slice_in_training_only():
     method = build("coda", task_sizes=[4] * 5, ortho_weight=0.5)
+    enter(method, 0)
+    with torch.no_grad():  # trained rows drift from orthonormal
+        for pool in method.pools.values():
+            for tensor in (pool.components, pool.keys, pool.attention):
+                tensor[:20] += 0.1 * torch.randn_like(tensor[:20])
     enter(method, 1)
     query = method.query(images(3))
     _, loss = method.prompts(query, 1)
-    assert loss > 0
+
+    def gram_error(rows):
+        return ((rows @ rows.T - torch.eye(len(rows))) ** 2).mean()
+
+    expected = sum(0.5 * (gram_error(p.keys[:40]) + gram_error(p.attention[:40])
+                          + gram_error(p.components[:40].flatten(1))) for p in method.pools.values())
+    assert expected > 1e-4
+    torch.testing.assert_close(loss, expected)
     _, eval_loss = method.prompts(query, None)
     assert eval_loss == 0
+
+
+def test_coda_first_slice_is_orthonormal_and_checkpoints_keep_the_init_stream():
+    method = build("coda", task_sizes=[4] * 5)
+    enter(method, 0)
+    for name, rows in rows_of(method.pools["2"]).items():
+        rows = rows.detach()
+        torch.testing.assert_close(rows[:20] @ rows[:20].T, torch.eye(20), atol=1e-5, rtol=0)
+        assert torch.count_nonzero(rows[20:]) == 0, name
+    state = method.checkpoint_state()
+    restored = build("coda", task_sizes=[4] * 5)
+    torch.manual_seed(123)  # the restored generator, not the global RNG, drives the next init
+    restored.load_checkpoint_state(state)
+    enter(method, 1)
+    enter(restored, 1)
+    for a, b in zip(method.pools.parameters(), restored.pools.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_prompt_matching_stays_float32_under_bf16_autocast():
+    method = build("l2p")
+    enter(method, 0)
+    query = method.query(images(8))
+    keys, attention = torch.randn(5, TINY_DIM), torch.randn(5, TINY_DIM)
+    top, cosine = method.select(query, method.pools["0"])
+    alpha = component_weights(query, keys, attention)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        top_bf16, cosine_bf16 = method.select(query, method.pools["0"])
+        alpha_bf16 = component_weights(query, keys, attention)
+    assert cosine_bf16.dtype == alpha_bf16.dtype == torch.float32
+    assert torch.equal(top_bf16, top) and torch.equal(cosine_bf16, cosine) and torch.equal(alpha_bf16, alpha)
+
+
+def test_training_loss_is_the_masked_cross_entropy_plus_the_key_loss():
+    method = build("dualprompt")
+    enter(method, 0)
+    x, y = images(), torch.tensor([0, 1, 2, 3, 0, 1])
+    logits, aux = method.prompted_logits(x, 0)
+    expected = F.cross_entropy(logits, y) + aux
+    torch.testing.assert_close(method.training_loss(x, y, 0), expected)
 
 
 def test_coda_needs_a_component_per_task():

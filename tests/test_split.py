@@ -65,6 +65,19 @@ def test_loader_shuffles_reproducibly_per_epoch():
     assert x.dtype == torch.float32 and x.max() <= 1
 
 
+@pytest.mark.parametrize("generic", [False, True])
+def test_drop_last_skips_the_incomplete_batch_unless_there_is_no_full_one(generic):
+    data = TensorImages(torch.zeros(20, 1, 2, 2, dtype=torch.uint8), torch.arange(20))
+    if generic:
+        data = torch.utils.data.TensorDataset(torch.zeros(20), torch.arange(20))
+    loader = Loader(data, batch_size=8, shuffle=True, seed=5, drop_last=True)
+    sizes = [len(y) for _, y in loader]
+    assert sizes == [8, 8] and len(loader) == 2
+    kept = torch.cat([y for _, y in loader])
+    assert torch.equal(kept, torch.cat([y for _, y in Loader(data, 8, shuffle=True, seed=5)])[:16])
+    assert [len(y) for _, y in Loader(data, 32, shuffle=True, drop_last=True)] == [20]
+
+
 def test_generic_datasets_go_through_a_dataloader_with_remapped_labels():
     data = _data()
     data.train = torch.utils.data.TensorDataset(torch.arange(30).float(), torch.from_numpy(data.train_targets))
