@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,13 @@ def command_list() -> int:
     return 0
 
 
+def one_line(err: Exception) -> str:
+    """The message of a ``ConfigError``, also when a DataLoader worker re-raised it with its
+    traceback in the text (the original message is then the last line, after the class name)."""
+    last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
@@ -251,5 +259,5 @@ def main(argv: list[str] | None = None) -> int:
                     "check": lambda: command_check(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

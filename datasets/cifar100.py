@@ -1,0 +1,96 @@
+"""CIFAR-100 (``cifar100``): 100 classes, 10 tasks by default (``reference/protocol.md``).
+
+Layout: ``<data root>/cifar-100-python/{train,test,meta}``, the Python pickles unpacked from
+``cifar-100-python.tar.gz`` (read with ``encoding="latin1"``; pickles run code when loaded, so
+the data root must be trusted, as with torchvision). ``train``/``test`` hold ``data`` (N, 3072)
+uint8, the R, G, B 32x32 planes, and ``fine_labels``; ``meta`` holds ``fine_label_names``.
+
+Split: the official 50,000 / 10,000. Natural class order: the fine-label id (alphabetical names).
+Transforms (CODA-Prompt): train RandomResizedCrop + flip at the image size, test Resize to the
+image size (no crop). The images stay in memory as uint8 and are transformed per item.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.errors import DataError
+from benchmark.registry import register_dataset
+from datasets.base import BenchmarkDataset, ClassIncrementalData
+from datasets.images import ImageOptions, TransformedTensors, check_data_root, check_dataset_folder, transforms_for
+
+FOLDER = "cifar-100-python"
+LAYOUT = "cifar-100-python/{train,test,meta} (unpack cifar-100-python.tar.gz)"
+NUM_CLASSES = 100
+
+
+def _unpickle(path: Path) -> Any:
+    """The object pickled in ``path``; ``DataError`` naming the file if it is missing or not a pickle."""
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-100 file {path}; expected {LAYOUT} under the data root")
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as err:  # unpickling arbitrary bytes can raise almost any exception type
+        raise DataError(f"{path} is not a CIFAR-100 pickle ({type(err).__name__}: {err}); "
+                        f"re-extract cifar-100-python.tar.gz") from None
+
+
+def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and fine labels (N,) of the ``train`` or ``test`` pickle."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict) or "data" not in batch or "fine_labels" not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise DataError(f"{path} is not a CIFAR-100 train/test pickle (needs 'data' and 'fine_labels', found "
+                        f"{keys}; CIFAR-10 batches have 'labels' only); expected {LAYOUT}")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["fine_labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DataError(f"{path}: 'data' must be uint8 (N, 3072) with N fine labels, got {data.dtype} "
+                        f"{data.shape} and {len(labels)} labels; re-extract cifar-100-python.tar.gz")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: fine labels must lie in 0-{NUM_CLASSES - 1}, found {labels.min()}-{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _class_names(path: Path) -> list[str]:
+    """The 100 fine label names from ``meta``."""
+    meta = _unpickle(path)
+    names = meta.get("fine_label_names") if isinstance(meta, dict) else None
+    if names is None or len(names) != NUM_CLASSES:
+        raise DataError(f"{path} is not the CIFAR-100 meta pickle (needs {NUM_CLASSES} 'fine_label_names'); "
+                        f"re-extract cifar-100-python.tar.gz")
+    return [str(name) for name in names]
+
+
+@register_dataset("cifar100")
+class Cifar100(BenchmarkDataset):
+    """CIFAR-100 in its official split, 10 tasks of 10 classes by default."""
+
+    num_classes = NUM_CLASSES
+    default_n_tasks = 10
+    Options = ImageOptions
+
+    @classmethod
+    def load(cls, options: ImageOptions, data_root: str | None) -> ClassIncrementalData:
+        folder = check_dataset_folder(check_data_root(data_root) / FOLDER, LAYOUT)
+        names = _class_names(folder / "meta")
+        x_train, y_train = _read_split(folder / "train")
+        x_test, y_test = _read_split(folder / "test")
+        absent = sorted(set(range(NUM_CLASSES)) - set(y_train.tolist()))
+        if absent:
+            raise DataError(f"{folder / 'train'} has no images of {len(absent)} classes (e.g. {absent[0]}); "
+                            f"re-extract cifar-100-python.tar.gz")
+        train_tf, test_tf, transform_info = transforms_for(options, test_resize="resize")
+        info = {"split": "official", "n_train": len(y_train), "n_test": len(y_test), "class_names": names,
+                **transform_info}
+        return ClassIncrementalData(
+            num_classes=NUM_CLASSES,
+            train=TransformedTensors(torch.from_numpy(x_train), y_train, train_tf),
+            test=TransformedTensors(torch.from_numpy(x_test), y_test, test_tf),
+            train_targets=y_train, test_targets=y_test, info=info,
+        )

@@ -1,0 +1,96 @@
+"""DomainNet (``domainnet``): 345 classes over six domains, 5 tasks by default.
+
+Layout: ``<data root>/domainnet/<domain>/<class>/<file>.jpg`` (one zip per domain) with the official
+list files ``<data root>/domainnet/<domain>_train.txt`` and ``<domain>_test.txt``, one
+``<domain>/<class>/<file>.jpg <label>`` per line (path relative to ``domainnet/``, labels 0-344).
+
+Split: the official lists of the domains in ``data.domains`` (default all six; CODA-Prompt's own
+split leaves out quickdraw, see ``reference/protocol.md`` section 2), so every task mixes domains.
+Every listed image must exist (checked at load) and every class must occur in the training
+lists. Natural class order: the list label. Transforms: train RandomResizedCrop + flip, test
+Resize(S*256/224) -> CenterCrop(S). ``info`` records the domains, per-list counts, the list
+files' hash, the split hash and the transforms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.errors import ConfigError, DataError
+from benchmark.registry import register_dataset
+from datasets.base import BenchmarkDataset, ClassIncrementalData
+from datasets.images import (ImageOptions, Labelled, check_data_root, check_dataset_folder, check_listed_files,
+                             file_hash, files_data)
+
+FOLDER = "domainnet"
+DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
+NUM_CLASSES = 345
+LINE_FORMAT = "'<domain>/<class>/<file>.jpg <label>'"
+LAYOUT = (f"domainnet/<domain>/<class>/*.jpg with list files domainnet/<domain>_{{train,test}}.txt "
+          f"of {LINE_FORMAT} lines")
+
+
+@dataclass
+class DomainNetOptions(ImageOptions):
+    """``domains``: the DomainNet domains whose official train/test lists make up the benchmark."""
+
+    domains: list[str] = field(default_factory=lambda: list(DOMAINS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [domain for domain in self.domains if domain not in DOMAINS]
+        if unknown or not self.domains:
+            raise ConfigError(f"data.domains must be a non-empty list of DomainNet domains, got {self.domains}; "
+                              f"valid: {', '.join(DOMAINS)}")
+        if len(set(self.domains)) != len(self.domains):
+            raise ConfigError(f"data.domains lists a domain twice: {self.domains}")
+
+
+def read_list(path: Path) -> Labelled:
+    """(path relative to domainnet/, label) of every line of a list file; ``DataError`` on bad input."""
+    if not path.is_file():
+        raise DataError(f"missing list file {path}; expected {LAYOUT} under the data root")
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rel, label_text = line.rsplit(maxsplit=1)
+            label = int(label_text)
+        except ValueError:  # not two fields, or the label is not an integer
+            raise DataError(f"{path}:{number}: malformed line {line!r}; expected {LINE_FORMAT}") from None
+        if not 0 <= label < NUM_CLASSES:
+            raise DataError(f"{path}:{number}: label {label} is outside 0-{NUM_CLASSES - 1}")
+        items.append((rel, label))
+    return items
+
+
+@register_dataset("domainnet")
+class DomainNet(BenchmarkDataset):
+    """DomainNet with the official lists of the chosen domains, 5 tasks of 69 classes by default."""
+
+    num_classes = NUM_CLASSES
+    default_n_tasks = 5
+    Options = DomainNetOptions
+
+    @classmethod
+    def load(cls, options: DomainNetOptions, data_root: str | None) -> ClassIncrementalData:
+        folder = check_dataset_folder(check_data_root(data_root) / FOLDER, LAYOUT)
+        sides: dict[str, Labelled] = {"train": [], "test": []}
+        counts, list_files = {}, []
+        for domain in options.domains:
+            for side, items in sides.items():
+                path = folder / f"{domain}_{side}.txt"
+                listed = read_list(path)
+                check_listed_files([folder / rel for rel, _ in listed], f"list file {path}")
+                items += listed
+                counts[f"{domain}_{side}"] = len(listed)
+                list_files.append(path)
+        absent = sorted(set(range(NUM_CLASSES)) - {label for _, label in sides["train"]})
+        if absent:
+            raise DataError(f"the training lists of {', '.join(options.domains)} have no images of {len(absent)} "
+                            f"classes (e.g. label {absent[0]}); all {NUM_CLASSES} must occur (expected {LAYOUT})")
+        info = {"domains": list(options.domains), "counts": counts, "list_files": [str(p) for p in list_files],
+                "list_file_hash": file_hash(list_files), "split": "official lists"}
+        return files_data(folder, NUM_CLASSES, sides["train"], sides["test"], options, info)

@@ -1,0 +1,285 @@
+"""Shared pieces of the real image benchmarks: options, transforms, image datasets, splits, layout checks.
+
+Transforms follow ``reference/protocol.md`` section 5 (the CODA-Prompt code): training images get
+``RandomResizedCrop(size, scale=(0.08, 1))`` and a horizontal flip; test images get
+``Resize(round(size * 256 / 224))`` then ``CenterCrop(size)``, except CIFAR-100, whose test images
+are only resized to ``size``. Pixels are float [0, 1] (no normalisation) unless the ``normalize``
+option asks for ImageNet or 0.5/0.5 statistics. Resizing is bilinear with antialiasing. The same
+transforms apply to PIL images (files) and to uint8 (3, H, W) tensors (CIFAR-100 in memory).
+
+Unreadable images: ``ImageFiles`` raises ``DataError`` naming the file when it cannot decode it,
+and never skips it silently (skipping would change the test set behind a result's back). The fix
+is to delete or re-extract the file.
+
+Splits made here (``stratified_split``) depend only on the labels and the split seed, never on
+the class-order seed of a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from benchmark.errors import ConfigError, DataError
+from datasets.base import ClassIncrementalData, DatasetOptions
+
+DEFAULT_IMAGE_SIZE = 224
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,  # [0, 1] pixels, as the CODA-Prompt code feeds its ViTs
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+TEST_RESIZES = ("resize", "resize_crop")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ROOT_HINT = "pass --data-root DIR or set CL_DATA_ROOT"
+
+Transform = Callable[[Image.Image | torch.Tensor], torch.Tensor]
+Labelled = list[tuple[str, int]]  # (image path relative to the data set folder, natural label)
+
+
+@dataclass
+class ImageOptions(DatasetOptions):
+    """Options shared by the image benchmarks.
+
+    ``image_size`` None means "the backbone's input size", filled in by the harness before
+    ``load``; a loader called without it uses 224. ``normalize``: none ([0, 1] pixels),
+    imagenet (ImageNet mean/std) or half (mean = std = 0.5).
+    """
+
+    image_size: int | None = None
+    normalize: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
+            raise ConfigError(f"data.image_size must be a positive integer, got {self.image_size!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+
+    @property
+    def size(self) -> int:
+        """The image side length transforms produce."""
+        return DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
+
+
+def _steps(image_size: int, train: bool, test_resize: str, normalize: str) -> list[tuple[str, v2.Transform]]:
+    """The transform as (description, transform) steps; the single source of both."""
+    if test_resize not in TEST_RESIZES:
+        raise ValueError(f"test_resize must be one of {TEST_RESIZES}, got {test_resize!r}")
+    if train:
+        steps = [(f"RandomResizedCrop({image_size}, scale=(0.08, 1))",
+                  v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True)),
+                 ("RandomHorizontalFlip", v2.RandomHorizontalFlip())]
+    elif test_resize == "resize":
+        steps = [(f"Resize({image_size})", v2.Resize(image_size, antialias=True))]
+    else:
+        resized = round(image_size * 256 / 224)
+        steps = [(f"Resize({resized})", v2.Resize(resized, antialias=True)),
+                 (f"CenterCrop({image_size})", v2.CenterCrop(image_size))]
+    steps += [("[0,1]", v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))]
+    stats = NORMALIZATIONS[normalize]
+    if stats is not None:
+        steps.append((f"Normalize({normalize})", v2.Normalize(*stats)))
+    return steps + [("", v2.ToPureTensor())]
+
+
+def build_transform(image_size: int, train: bool, test_resize: str = "resize_crop",
+                    normalize: str = "none") -> Transform:
+    """The protocol's train or test transform: PIL image or uint8 (3, H, W) -> float (3, S, S).
+
+    Args:
+        image_size: output side length S.
+        train: random resized crop and flip if True, else the deterministic test resize.
+        test_resize: "resize_crop" (Resize(S*256/224) -> CenterCrop(S)) or "resize" (CIFAR-100).
+        normalize: a key of ``NORMALIZATIONS``.
+    """
+    return v2.Compose([step for _, step in _steps(image_size, train, test_resize, normalize)])
+
+
+def describe_transform(image_size: int, train: bool, test_resize: str = "resize_crop",
+                       normalize: str = "none") -> str:
+    """A short description of ``build_transform``'s result, recorded with results."""
+    return " -> ".join(name for name, _ in _steps(image_size, train, test_resize, normalize) if name)
+
+
+def transforms_for(options: ImageOptions, test_resize: str) -> tuple[Transform, Transform, dict[str, object]]:
+    """Train and test transforms for ``options`` and their description for ``info``."""
+    size, norm = options.size, options.normalize
+    info = {"image_size": size, "normalize": norm,
+            "train_transform": describe_transform(size, True, test_resize, norm),
+            "test_transform": describe_transform(size, False, test_resize, norm)}
+    return (build_transform(size, True, test_resize, norm), build_transform(size, False, test_resize, norm), info)
+
+
+class ImageFiles(Dataset):
+    """Image files with int labels; items are (transformed float tensor, label)."""
+
+    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int] | np.ndarray, transform: Transform):
+        if len(paths) != len(labels):
+            raise ValueError(f"ImageFiles got {len(paths)} paths but {len(labels)} labels")
+        self.paths = [str(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as err:  # PIL reports bad files with all three
+            raise DataError(f"cannot read image {path} ({err}); delete or re-extract it") from None
+        return self.transform(rgb), int(self.labels[index])
+
+
+class TransformedTensors(Dataset):
+    """In-memory uint8 images (N, 3, H, W) with int labels, transformed per item."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int] | np.ndarray, transform: Transform):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("TransformedTensors needs uint8 images (N, 3, H, W) and N labels")
+        self.images, self.labels, self.transform = images, np.asarray(labels, dtype=np.int64), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+
+def stratified_split(labels: Sequence[int] | np.ndarray, test_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class seeded split: sorted (train_indices, test_indices) into ``labels``.
+
+    Each class's items (in the given order) are shuffled by a NumPy generator seeded with
+    ``(seed, class)``, so a class's split does not depend on the other classes; the first
+    ``round(n * test_fraction)`` go to test, at least 1 and at most n - 1 when n >= 2.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    labels = np.asarray(labels)
+    test = []
+    for label in np.unique(labels):
+        members = np.nonzero(labels == label)[0]
+        n = len(members)
+        n_test = min(max(round(n * test_fraction), 1), n - 1) if n >= 2 else 0
+        test.append(np.random.default_rng([seed, int(label)]).permutation(members)[:n_test])
+    test_indices = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
+    train_mask = np.ones(len(labels), dtype=bool)
+    train_mask[test_indices] = False
+    return np.nonzero(train_mask)[0], test_indices
+
+
+def split_hash(train_items: Iterable[str], test_items: Iterable[str]) -> str:
+    """Short sha256 over the sorted relative paths of each side of a split."""
+    digest = hashlib.sha256()
+    for side, items in (("train", train_items), ("test", test_items)):
+        digest.update(f"[{side}]\n".encode())
+        digest.update("".join(f"{item}\n" for item in sorted(items)).encode())
+    return digest.hexdigest()[:16]
+
+
+def file_hash(paths: Iterable[Path]) -> str:
+    """Short sha256 over the bytes of files (split or list files), in the given order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_data_root(data_root: str | Path | None) -> Path:
+    """The data root as a ``Path``; ``DataError`` if it is not given or does not exist."""
+    if data_root is None:
+        raise DataError(f"no data root given; {ROOT_HINT}")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist; {ROOT_HINT}")
+    return root
+
+
+def check_dataset_folder(folder: Path, layout: str) -> Path:
+    """``folder`` if it is a directory, else ``DataError`` stating the expected layout."""
+    if not folder.is_dir():
+        raise DataError(f"data set folder {folder} does not exist; expected {layout} under the data root "
+                        f"({ROOT_HINT} to point elsewhere)")
+    return folder
+
+
+def scan_class_folders(folder: Path, expected: int, layout: str) -> list[tuple[str, list[Path]]]:
+    """Sorted class sub-folders of ``folder`` with their sorted image files (jpg/jpeg/png).
+
+    Raises ``DataError`` if ``folder`` is missing, holds other than ``expected`` class folders
+    (hidden folders are ignored), or a class folder has no images. ``layout`` describes the
+    expected layout for the messages.
+    """
+    check_dataset_folder(folder, layout)
+    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+    if len(names) != expected:
+        raise DataError(f"found {len(names)} class folders in {folder}, expected {expected}; "
+                        f"expected layout: {layout}")
+    classes = []
+    for name in names:
+        files = sorted(Path(entry.path) for entry in os.scandir(folder / name)
+                       if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                            f"re-extract the data set (expected layout: {layout})")
+        classes.append((name, files))
+    return classes
+
+
+def missing_files(paths: Iterable[Path]) -> list[Path]:
+    """The paths that do not exist, listing each parent folder once (fast on network file systems)."""
+    listings: dict[Path, set[str]] = {}
+    missing = []
+    for path in paths:
+        parent = path.parent
+        if parent not in listings:
+            listings[parent] = set(os.listdir(parent)) if parent.is_dir() else set()
+        if path.name not in listings[parent]:
+            missing.append(path)
+    return missing
+
+
+def check_listed_files(paths: Sequence[Path], listed_in: str) -> None:
+    """``DataError`` naming the first listed image that does not exist, and how many are missing."""
+    missing = missing_files(paths)
+    if missing:
+        raise DataError(f"{listed_in} lists {len(missing)} image(s) that do not exist, e.g. {missing[0]}; "
+                        f"re-extract the data set under the data root")
+
+
+def class_folder_items(classes: Sequence[tuple[str, Sequence[Path]]]) -> Labelled:
+    """(relative path, label) of every image of ``scan_class_folders``' result; label = class position."""
+    return [(f"{name}/{path.name}", label) for label, (name, files) in enumerate(classes) for path in files]
+
+
+def stratified_items(items: Labelled, seed: int) -> tuple[Labelled, Labelled]:
+    """The seeded per-class 80/20 split of ``items`` (see ``stratified_split``)."""
+    train, test = stratified_split([label for _, label in items], 0.2, seed)
+    return [items[i] for i in train], [items[i] for i in test]
+
+
+def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, options: ImageOptions,
+               info: dict[str, object]) -> ClassIncrementalData:
+    """``ClassIncrementalData`` of image files under ``folder`` with the resize -> centre-crop test
+    transform; ``info`` gains the split hash, the image counts and the transforms."""
+    train_tf, test_tf, transform_info = transforms_for(options, test_resize="resize_crop")
+    sides = []
+    for items, transform in ((train, train_tf), (test, test_tf)):
+        labels = np.array([label for _, label in items], dtype=np.int64)
+        sides.append((ImageFiles([f"{folder}/{rel}" for rel, _ in items], labels, transform), labels))
+    (train_set, train_labels), (test_set, test_labels) = sides
+    info = {**info, "split_hash": split_hash((rel for rel, _ in train), (rel for rel, _ in test)),
+            "n_train": len(train), "n_test": len(test), **transform_info}
+    return ClassIncrementalData(num_classes, train_set, test_set, train_labels, test_labels, info)
