@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,6 +55,24 @@ def resolve_backbone_name(name: str, pretrained_tag: str) -> str:
     except RuntimeError as err:
         raise ConfigError(f"backbone {name!r}: {err}") from None
     return name
+
+
+def fit_blocks(blocks: list[int], depth: int, setting: str) -> list[int]:
+    """The blocks of ``blocks`` that a ViT of ``depth`` blocks has, in the given order.
+
+    Blocks beyond the depth (a reference setting such as blocks 0-4 on the 4-block tiny ViT) are
+    dropped with a warning; a negative block, or none left, is a ``ConfigError`` naming ``setting``.
+    """
+    negative = [b for b in blocks if b < 0]
+    kept = [b for b in blocks if 0 <= b < depth]
+    if negative or (blocks and not kept):
+        raise ConfigError(f"{setting} {list(blocks)} do not exist in a ViT with blocks 0-{depth - 1}; "
+                          f"fix --set {setting.split()[-1]}=...")
+    dropped = [b for b in blocks if b >= depth]
+    if dropped:
+        warnings.warn(f"{setting}: the backbone has blocks 0-{depth - 1}, so blocks {dropped} are left out",
+                      stacklevel=3)
+    return kept
 
 
 def backbone_input_size(name: str) -> int:

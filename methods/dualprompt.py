@@ -72,9 +72,13 @@ class DualPrompt(PromptMethod):
     def __init__(self, backbone, task_sizes, cfg: DualPromptConfig):
         super().__init__(backbone, task_sizes, cfg)
         dim = self.feature_dim
-        self.g_prompts = nn.ParameterDict({str(b): uniform_prompt(cfg.g_length, dim) for b in cfg.g_blocks})
-        self.e_pools = nn.ModuleDict({str(b): EPromptPool(len(task_sizes), cfg.e_length, dim)
-                                      for b in cfg.e_blocks})
+        g_blocks = [b for b in cfg.g_blocks if b in self.prefix_layers]  # those the backbone has
+        e_blocks = [b for b in cfg.e_blocks if b in self.prefix_layers]
+        if not e_blocks:
+            raise ConfigError(f"DualPrompt e_blocks {cfg.e_blocks} do not exist in this backbone "
+                              f"(blocks 0-{len(backbone.blocks) - 1}); fix --set e_blocks=...")
+        self.g_prompts = nn.ParameterDict({str(b): uniform_prompt(cfg.g_length, dim) for b in g_blocks})
+        self.e_pools = nn.ModuleDict({str(b): EPromptPool(len(task_sizes), cfg.e_length, dim) for b in e_blocks})
 
     def prompt_blocks(self) -> list[int]:
         return sorted(set(self.cfg.g_blocks) | set(self.cfg.e_blocks))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.backbones import fit_blocks
 from benchmark.errors import ConfigError
 
 TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
@@ -122,11 +123,7 @@ def add_lora_qkv(vit: nn.Module, blocks: list[int] | None = None,
                  targets: tuple[str, ...] = ("k", "v")) -> list[LoRAQKV]:
     """Wrap ``attn.qkv`` of the chosen blocks (default: all) of a timm ViT; returns the wrappers."""
     n_blocks = len(vit.blocks)
-    chosen = list(range(n_blocks)) if blocks is None else list(blocks)
-    bad = [b for b in chosen if not 0 <= b < n_blocks]
-    if bad:
-        raise ConfigError(f"LoRA blocks {bad} out of range for a ViT with {n_blocks} blocks "
-                          f"(valid: 0..{n_blocks - 1}); fix --set blocks=...")
+    chosen = list(range(n_blocks)) if blocks is None else fit_blocks(list(blocks), n_blocks, "LoRA blocks")
     layers = []
     for index in chosen:
         attn = vit.blocks[index].attn

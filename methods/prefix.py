@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models.vision_transformer import Attention, VisionTransformer
 
-from benchmark.errors import ConfigError
+from benchmark.backbones import fit_blocks
 
 Prefix = tuple[torch.Tensor, torch.Tensor]  # key tokens (B, Lk, D), value tokens (B, Lv, D)
 
@@ -67,15 +67,11 @@ class PrefixAttention(nn.Module):
 def add_prefix_attention(model: VisionTransformer, blocks: list[int]) -> dict[int, PrefixAttention]:
     """Wrap the attention of ``blocks`` (0-based) in ``PrefixAttention``; returns block -> wrapper.
 
-    Blocks already wrapped are reused, so several prompt modules can share one backbone.
+    Blocks the backbone does not have are left out with a warning (``fit_blocks``). Blocks
+    already wrapped are reused, so several prompt modules can share one backbone.
     """
-    depth = len(model.blocks)
-    bad = [b for b in blocks if not 0 <= b < depth]
-    if bad:
-        raise ConfigError(f"prompt blocks {bad} do not exist: the backbone has blocks 0-{depth - 1}; "
-                          "set the method's block lists with --set")
     layers = {}
-    for index in sorted(set(blocks)):
+    for index in sorted(set(fit_blocks(list(blocks), len(model.blocks), "prompt blocks"))):
         block = model.blocks[index]
         if not isinstance(block.attn, PrefixAttention):
             block.attn = PrefixAttention(block.attn)

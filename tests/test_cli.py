@@ -20,7 +20,7 @@ TINY = ["--tasks", "5", "--epochs", "1", "--set", "data.train_per_class=3", "--s
     (["--tasks", "0"], "--tasks 0 does not divide the 100 classes"),
     (["--num-workers", "-1"], "num_workers must be non-negative"),
     (["--set", "weight_decay=-1"], "weight_decay must be non-negative"),
-    (["--methods", "seq-lora", "--set", "blocks=9"], "LoRA blocks [9] out of range"),
+    (["--methods", "seq-lora", "--set", "blocks=9"], "LoRA blocks [9] do not exist in a ViT with blocks 0-3"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     (["--set", "rnak=3"], "unknown setting 'rnak'"),
     (["--methods", "seq-lora", "--set", "rank=abc"], "bad value 'abc' for rank"),

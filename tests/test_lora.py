@@ -89,8 +89,12 @@ def test_merged_model_matches_unmerged_on_a_vit():
 
 def test_bad_blocks_and_targets_are_rejected():
     vit = build_tiny_vit()
-    with pytest.raises(ValueError, match="out of range"):
-        add_lora_qkv(vit, blocks=[0, 9])
+    with pytest.raises(ValueError, match="do not exist"):
+        add_lora_qkv(vit, blocks=[9])
+    with pytest.raises(ValueError, match="do not exist"):
+        add_lora_qkv(vit, blocks=[-1, 0])
+    with pytest.warns(UserWarning, match="blocks \\[9\\] are left out"):
+        assert len(add_lora_qkv(vit, blocks=[0, 9])) == 1
     with pytest.raises(ValueError, match="unknown LoRA targets"):
         LoRAQKV(nn.Linear(D, 3 * D), ("k", "o"))
 

@@ -113,9 +113,11 @@ def test_prefix_for_a_block_without_wrapper_is_refused(model):
             pass
 
 
-def test_blocks_beyond_the_depth_are_a_config_error(model):
+def test_blocks_beyond_the_depth_are_left_out_with_a_warning_and_none_left_is_an_error(model):
+    with pytest.warns(UserWarning, match="blocks \\[4\\] are left out"):
+        assert list(add_prefix_attention(model, [0, 4])) == [0]
     with pytest.raises(ConfigError, match="blocks 0-3"):
-        add_prefix_attention(model, [0, 4])
+        add_prefix_attention(model, [4, 5])
 
 
 def test_wrapping_twice_reuses_the_wrapper(model):
