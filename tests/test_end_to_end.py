@@ -35,3 +35,16 @@ def test_synth_preset_separates_the_methods(tmp_path):
     assert results["joint"]["final_acc"] - results["seq-lora"]["final_acc"] >= 10
     assert results["inflora"]["final_acc"] > results["seq-lora"]["final_acc"]
     assert results["inflora"]["forgetting"] < results["seq-lora"]["forgetting"]
+
+
+@pytest.mark.slow
+def test_prompt_methods_learn_through_the_command_line(tmp_path):
+    command = [sys.executable, "run_benchmark.py", "--methods", "l2p", "dualprompt", "coda-prompt", "--preset", "ci",
+               "--results-dir", str(tmp_path), "--no-progress", "--device", "cpu"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = {r["method"]: r for r in store.load_results(tmp_path)}
+    assert set(results) == {"l2p", "dualprompt", "coda"}
+    for result in results.values():  # chance is 1 %; the task-aware accuracy, 10 %
+        assert result["final_acc"] > 15 and result["task_aware_final_acc"] > 50
+        assert result["config"]["hparams"]["drop_last"] and len(result["acc_matrix"]) == 10
