@@ -205,7 +205,7 @@ def command_check(args: argparse.Namespace) -> int:
     return regression.check(update=args.update, tolerance=args.tolerance, methods=args.methods)
 
 
-RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "schedule")
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "drop_last")
 
 
 def command_list_presets() -> int:

@@ -30,19 +30,17 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
-from methods.base import MethodConfig
-from methods.prompt_base import PromptMethod, split_prefix
+from methods.prompt_base import CODA_CODE_RECIPES, PromptConfig, PromptMethod, split_prefix
 
 
 @dataclass
-class CodaPromptConfig(MethodConfig):
+class CodaPromptConfig(PromptConfig):
     """CODA-Prompt hyperparameters; defaults are the code's (``--prompt_param 100 8 0.0``)."""
 
     pool_size: int = 100  # components per block, split evenly over the tasks
     length: int = 8
     blocks: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     ortho_weight: float = 0.0  # mu; the paper's version used 0.1 (with an internal 1e-6 factor)
-    drop_last: bool = True  # as the CODA-Prompt code's training loaders
 
     def __post_init__(self) -> None:
         if self.length < 2 or self.length % 2:
@@ -119,15 +117,8 @@ class CodaPrompt(PromptMethod):
     """Input-conditioned weighted sums of a growing set of prompt components."""
 
     Config = CodaPromptConfig
-    # CODA-Prompt code recipe (ImageNet-A: no reference config, CIFAR-100 recipe). The tiny synth
-    # ViT has 4 blocks: components at all of them; synth recipe: README, "The synthetic benchmark".
-    DATASET_DEFAULTS = {
-        "synth": dict(epochs=2, lr=3e-2, blocks=[0, 1, 2, 3]),
-        "cifar100": dict(epochs=20, lr=1e-3),
-        "imagenet-r": dict(epochs=50, lr=1e-3),
-        "imagenet-a": dict(epochs=20, lr=1e-3),
-        "domainnet": dict(epochs=5, lr=1e-3),
-    }
+    # the tiny synth ViT has 4 blocks: components at all of them
+    DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], blocks=[0, 1, 2, 3])}
 
     def __init__(self, backbone, task_sizes, cfg: CodaPromptConfig):
         super().__init__(backbone, task_sizes, cfg)

@@ -21,12 +21,12 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
-from methods.base import MethodConfig
-from methods.prompt_base import PromptMethod, cosine_matrix, split_prefix, uniform_prompt
+from methods.prompt_base import (CODA_CODE_RECIPES, PromptConfig, PromptMethod, cosine_matrix, split_prefix,
+                                 uniform_prompt)
 
 
 @dataclass
-class DualPromptConfig(MethodConfig):
+class DualPromptConfig(PromptConfig):
     """DualPrompt hyperparameters; defaults are the CODA-Prompt code's (``--prompt_param T 20 6``)."""
 
     g_length: int = 6
@@ -34,7 +34,6 @@ class DualPromptConfig(MethodConfig):
     e_length: int = 20
     e_blocks: list[int] = field(default_factory=lambda: [2, 3, 4])
     key_loss_weight: float = 1.0
-    drop_last: bool = True  # as the CODA-Prompt code's training loaders
 
     def __post_init__(self) -> None:
         for name in ("g_length", "e_length"):
@@ -59,15 +58,8 @@ class DualPrompt(PromptMethod):
     """Shared g-prompts in the early blocks, task-keyed e-prompts in the middle blocks."""
 
     Config = DualPromptConfig
-    # CODA-Prompt code recipe (ImageNet-A: no reference config, CIFAR-100 recipe). The tiny synth
-    # ViT has 4 blocks, so its e-prompts sit at blocks 2-3; synth recipe: README, "The synthetic benchmark".
-    DATASET_DEFAULTS = {
-        "synth": dict(epochs=2, lr=3e-2, e_blocks=[2, 3]),
-        "cifar100": dict(epochs=20, lr=1e-3),
-        "imagenet-r": dict(epochs=50, lr=1e-3),
-        "imagenet-a": dict(epochs=20, lr=1e-3),
-        "domainnet": dict(epochs=5, lr=1e-3),
-    }
+    # the tiny synth ViT has 4 blocks, so its e-prompts sit at blocks 2-3
+    DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], e_blocks=[2, 3])}
 
     def __init__(self, backbone, task_sizes, cfg: DualPromptConfig):
         super().__init__(backbone, task_sizes, cfg)

@@ -23,14 +23,13 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
-from methods.base import MethodConfig
-from methods.prompt_base import PromptMethod, cosine_matrix, uniform_prompt
+from methods.prompt_base import CODA_CODE_RECIPES, PromptConfig, PromptMethod, cosine_matrix, uniform_prompt
 
 DEEP_BLOCKS = (0, 1, 2, 3, 4)
 
 
 @dataclass
-class L2PConfig(MethodConfig):
+class L2PConfig(PromptConfig):
     """L2P++ hyperparameters; defaults are the CODA-Prompt code's (``--prompt_param 30 20 -1``)."""
 
     pool_size: int = 30
@@ -38,7 +37,6 @@ class L2PConfig(MethodConfig):
     top_k: int = 5
     deep: bool = False  # Deep L2P++: prompts at blocks 0-4 (every block of a shallower backbone)
     key_loss_weight: float = 1.0
-    drop_last: bool = True  # as the CODA-Prompt code's training loaders
 
     def __post_init__(self) -> None:
         if self.length < 2 or self.length % 2:
@@ -62,15 +60,7 @@ class L2P(PromptMethod):
     """A shared prompt pool per prompted block; per-sample top-k key matching."""
 
     Config = L2PConfig
-    # CODA-Prompt code recipe: Adam, lr 1e-3, batch 128, per-epoch cosine; ImageNet-A has no
-    # reference config and uses the CIFAR-100 recipe. Synth recipe: README, "The synthetic benchmark".
-    DATASET_DEFAULTS = {
-        "synth": dict(epochs=2, lr=3e-2),
-        "cifar100": dict(epochs=20, lr=1e-3),
-        "imagenet-r": dict(epochs=50, lr=1e-3),
-        "imagenet-a": dict(epochs=20, lr=1e-3),
-        "domainnet": dict(epochs=5, lr=1e-3),
-    }
+    DATASET_DEFAULTS = CODA_CODE_RECIPES
 
     def __init__(self, backbone, task_sizes, cfg: L2PConfig):
         super().__init__(backbone, task_sizes, cfg)
