@@ -58,6 +58,11 @@ class RunConfig:
     def run_id(self) -> str:
         """Readable, unique id: ``<method>_<dataset>_T<n>_s<seed>_<hash of the resolved config>``."""
         hashed = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        from benchmark import backbones
+
+        if self.backbone == backbones.SYNTH_VIT and self.pretrained and not self.backbone_weights:
+            # the shipped weights can be rebuilt: results of older weights must not be reused
+            hashed["shipped_weights"] = backbones.synth_backbone_metadata().get("weights_digest")
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.method}_{self.dataset}_T{self.n_tasks}_s{self.seed}_{digest}"
 

@@ -58,3 +58,14 @@ def test_run_id_hashes_what_changes_results_only():
     moved = tiny_config("seq-lora")
     moved.device, moved.data_root, moved.num_workers = "cuda", "/elsewhere", 8
     assert moved.run_id() == base.run_id()
+
+
+def test_run_id_changes_with_the_shipped_synth_weights(monkeypatch):
+    from benchmark import backbones
+
+    config = tiny_config("frozen", pretrained=True)
+    random_init = tiny_config("frozen").run_id()
+    before = config.run_id()
+    monkeypatch.setattr(backbones, "synth_backbone_metadata", lambda: {"weights_digest": "rebuilt"})
+    assert config.run_id() != before
+    assert tiny_config("frozen").run_id() == random_init  # random init: no weights involved
