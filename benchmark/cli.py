@@ -21,7 +21,7 @@ from benchmark.config import DATA_PREFIX, PRESETS, RunConfig, resolve
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 
-COMMANDS = ("run", "list", "report", "check")
+COMMANDS = ("run", "list", "report", "check", "bench")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--update", action="store_true", help="rewrite results/baselines/ci.json with today's values")
     check.add_argument("--tolerance", type=float, default=2.0, help="allowed drop in points (default: 2)")
     check.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods (default: all)")
+    bench = sub.add_parser("bench", help="training/evaluation throughput of each method against the frozen backbone")
+    bench.add_argument("--methods", nargs="+", metavar="NAME",
+                       help="methods to time (default: every method of the default run but the upper bound)")
+    bench.add_argument("--backbone", default="tiny", help="tiny (default) or vit-b16 / a timm ViT name (random init)")
+    bench.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast precision")
+    bench.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
+    bench.add_argument("--results-dir", default="results", help="JSON goes to <results-dir>/bench/ (default: results)")
     return parser
 
 
@@ -208,6 +218,22 @@ def command_check(args: argparse.Namespace) -> int:
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "drop_last")
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from benchmark.bench import run_bench
+    from benchmark.protocol import resolve_device
+
+    for key in ("batch_size", "steps"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be non-negative, got {args.warmup}")
+    methods = [METHODS.canonical(m) for m in args.methods] if args.methods else \
+        [m for m in METHODS.default_names() if not METHODS.get(m).upper_bound]
+    run_bench(methods, args.backbone, args.batch_size, args.precision, resolve_device(_device(args.device)),
+              args.warmup, args.steps, args.results_dir)
+    return 0
+
+
 def command_list_presets() -> int:
     """Each method's recipe per dataset (Config < DATASET_DEFAULTS) and the named presets on top."""
     import dataclasses
@@ -256,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"list": lambda: command_list_presets() if args.presets else command_list(), "report": lambda: command_report(args),
-                    "check": lambda: command_check(args)}
+                    "check": lambda: command_check(args), "bench": lambda: command_bench(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
