@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from benchmark.errors import ConfigError
 
@@ -82,12 +82,28 @@ def check_n_tasks(num_classes: int, n_tasks: int, dataset: str) -> None:
                           f"choose one of {divisors}")
 
 
+class EpochOrder(Sampler):
+    """The sample order of a ``Loader``'s current epoch, read when each pass starts (so one
+    DataLoader, and its persistent workers, serves every epoch)."""
+
+    def __init__(self, loader: "Loader"):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.loader._order().tolist())
+
+    def __len__(self) -> int:
+        return len(self.loader._order())
+
+
 class Loader:
     """Batches of one task's data; shuffling is seeded per (seed, epoch) for exact reproducibility.
 
-    In-memory ``TensorImages`` are sliced a batch at a time; any other dataset goes through a
-    torch ``DataLoader`` with workers and pinned memory. ``drop_last`` skips the last incomplete
-    batch of each pass, unless the data set is smaller than one batch.
+    In-memory ``TensorImages`` are sliced a batch at a time; any other dataset goes through one
+    torch ``DataLoader`` kept for all epochs, with worker processes that persist across epochs,
+    pinned memory, and worker seeds drawn from a generator seeded by ``seed`` (so augmentation is
+    reproducible with workers). ``drop_last`` skips the last incomplete batch of each pass, unless
+    the data set is smaller than one batch.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
@@ -96,6 +112,7 @@ class Loader:
         self.seed, self.epoch = seed, 0
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.drop_last = drop_last and len(dataset) >= batch_size
+        self._dataloader: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -114,13 +131,17 @@ class Loader:
         return order[:len(self) * self.batch_size] if self.drop_last else order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
         if isinstance(self.dataset, TensorImages):
+            order = self._order()
             for start in range(0, len(order), self.batch_size):
                 yield self.dataset.batch(order[start:start + self.batch_size])
             return
-        yield from DataLoader(Subset(self.dataset, order.tolist()), batch_size=self.batch_size,
-                              num_workers=self.num_workers, pin_memory=self.pin_memory)
+        if self._dataloader is None:
+            self._dataloader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=EpochOrder(self),
+                                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                          persistent_workers=self.num_workers > 0,
+                                          generator=torch.Generator().manual_seed(self.seed))
+        yield from self._dataloader
 
 
 class TaskSplit:

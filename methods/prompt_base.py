@@ -104,6 +104,11 @@ class PromptMethod(Method):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.prompted_logits(x, None)[0]
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference logits, in ``torch.inference_mode`` (both passes; no state is cached here)."""
+        with torch.inference_mode():
+            return self(x)
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
         logits, aux_loss = self.prompted_logits(x, task)
         return self.masked_cross_entropy(logits, y, task) + aux_loss

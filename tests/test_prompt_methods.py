@@ -80,6 +80,17 @@ def test_query_ignores_prompts_and_holds_no_graph(name):
 
 
 @pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda"])
+def test_predict_in_inference_mode_equals_the_no_grad_forward(name):
+    method = build(name)
+    enter(method, 0)
+    method.eval()
+    x = images()
+    with torch.no_grad():
+        expected = method(x)
+    assert torch.equal(method.predict(x), expected)
+
+
+@pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda"])
 def test_training_masks_past_and_future_classes(name):
     method = build(name)
     for task in range(2):

@@ -85,3 +85,16 @@ def test_generic_datasets_go_through_a_dataloader_with_remapped_labels():
     labels = torch.cat([y for _, y in Loader(split.train_set(1), 4, shuffle=True)])
     assert sorted(set(labels.tolist())) == [5, 6, 7, 8, 9] and len(labels) == 15
     assert np.array_equal(split.label_map, np.arange(10))
+
+
+def test_workers_persist_across_epochs_and_follow_each_epochs_order():
+    data = torch.utils.data.TensorDataset(torch.arange(24).float(), torch.arange(24))
+    plain = Loader(data, batch_size=5, shuffle=True, seed=3)
+    workers = Loader(data, batch_size=5, shuffle=True, seed=3, num_workers=2)
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        workers.set_epoch(epoch)
+        expected = torch.cat([y for _, y in plain])
+        assert torch.equal(torch.cat([y for _, y in workers]), expected)
+        assert torch.equal(expected, plain._order())
+    assert workers._dataloader is not None and workers._dataloader.persistent_workers
