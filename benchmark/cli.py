@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     run.add_argument("--force", action="store_true", help="rerun even if a result exists")
+    run.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
+                     help="minutes between checkpoints inside a task (default: 10; one is also saved after "
+                          "every task); a rerun of an interrupted run resumes from its checkpoint")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep <results-dir>/checkpoints/<run id>.pt after the result is written")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     listing = sub.add_parser("list", help="list registered methods and datasets")
     listing.add_argument("--presets", action="store_true",
@@ -155,7 +160,10 @@ def results_table(results: list[dict[str, Any]]) -> str:
 
 def command_run(args: argparse.Namespace) -> int:
     from benchmark import protocol  # heavy imports only when running
+    from benchmark.checkpoint import Checkpointer
 
+    if args.checkpoint_every <= 0:
+        raise ConfigError(f"--checkpoint-every must be positive (minutes), got {args.checkpoint_every}")
     configs = resolve_runs(args)
     progress = not args.no_progress
     results, failures = [], 0
@@ -168,13 +176,18 @@ def command_run(args: argparse.Namespace) -> int:
                 continue
             except ValueError as err:
                 print(f"warning: {err}; running it again", file=sys.stderr)
+        checkpointer = Checkpointer(store.checkpoint_path(args.results_dir, run_id), 60 * args.checkpoint_every)
+        if args.force:
+            checkpointer.remove()  # --force starts afresh
         try:
-            result = protocol.run(config, progress=progress)
+            result = protocol.run(config, progress=progress, checkpointer=checkpointer)
         except protocol.NonFiniteLossError as err:
             print(f"error: {err}", file=sys.stderr)
             failures += 1
             continue
         store.write_result(args.results_dir, result)
+        if not args.keep_checkpoints:
+            checkpointer.remove()
         results.append(result)
     dataset = configs[0].dataset if configs else args.dataset
     print(f"\n{dataset}, {configs[0].n_tasks if configs else '?'} tasks; results in "

@@ -14,8 +14,9 @@ import dataclasses
 import math
 import platform
 import random
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import timm
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.backbones import backbone_input_size, build_backbone
+from benchmark.checkpoint import Checkpointer, restore_rng, rng_state
 from benchmark.config import RunConfig
 from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
@@ -95,23 +97,37 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+StepHook = Callable[[int, int, torch.optim.Optimizer], None]
+
+
 def train_task(method: Method, loader: Loader, task: int, device: torch.device, precision: str = "fp32",
-               progress: bool = False) -> dict[str, Any]:
-    """Train ``method`` on one task with a fresh optimiser and schedule; returns step counts."""
+               progress: bool = False, resume: dict[str, Any] | None = None,
+               after_step: StepHook | None = None) -> dict[str, Any]:
+    """Train ``method`` on one task with a fresh optimiser and schedule; returns step counts.
+
+    ``resume`` (``epoch``, ``step``: batches done in that epoch, ``optimizer``: its state) continues
+    an interrupted task; ``after_step(epoch, steps_done_in_epoch, optimizer)`` runs after every
+    optimiser step (the run's checkpointing).
+    """
     hp = method.cfg
     groups = declare_trainable(method, task)
     params = [p for g in groups for p in g["params"]]
     optimizer = build_optimizer(groups, hp)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    start_epoch, start_step = (resume["epoch"], resume["step"]) if resume else (0, 0)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
     method.train()
-    steps = 0
-    bar = tqdm(range(hp.epochs), desc=f"{method.name} task {task + 1}", leave=False, disable=not progress)
+    steps, last_loss = 0, None
+    bar = tqdm(range(start_epoch, hp.epochs), desc=f"{method.name} task {task + 1}", leave=False,
+               disable=not progress)
     for epoch in bar:
         factor = epoch_lr_factor(epoch, hp.epochs, hp.schedule, hp.milestones, hp.gamma)
         for group, base_lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base_lr * factor
-        loader.set_epoch(epoch)
-        for step, (x, y) in enumerate(loader):
+        skipped = start_step if epoch == start_epoch else 0
+        loader.set_epoch(epoch, skip_batches=skipped)
+        for step, (x, y) in enumerate(loader, start=skipped):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, precision):
                 loss = method.training_loss(x, y, task)
@@ -124,7 +140,12 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
                 torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
             optimizer.step()
             steps += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+            if after_step is not None:  # the position to resume from: an epoch's end is the next's start
+                after_step(*((epoch + 1, 0) if step + 1 == len(loader) else (epoch, step + 1)), optimizer)
+            last_loss = loss
+        if last_loss is not None:  # an epoch resumed at its end has no step
+            bar.set_postfix(loss=f"{last_loss.item():.3f}")
+    loader.set_epoch(loader.epoch)  # later passes (end_task) see whole epochs
     method.eval()
     return {"steps": steps, "trainable_params": sum(p.numel() for p in params)}
 
@@ -178,14 +199,38 @@ def build_run(config: RunConfig, device: torch.device) -> tuple[TaskSplit, Metho
     return split, method
 
 
-def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Run one configuration end to end and return its result record (not yet stored)."""
+def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | None = None) -> dict[str, Any]:
+    """Run one configuration end to end and return its result record (not yet stored).
+
+    With a ``checkpointer``, a checkpoint is saved after every task and whenever it is due inside
+    a task, and a run whose checkpoint exists resumes from it (see ``benchmark/checkpoint.py``).
+    """
     device = resolve_device(config.device)
     start = time.time()
+    run_id = config.run_id()
     split, method = build_run(config, device)
-    acc, aware, timings, trainable = [], [], [], []
-    counts: list[int] = []
-    tasks = tqdm(range(split.n_tasks), desc=f"{config.method} on {config.dataset}", disable=not progress)
+    record: dict[str, Any] = {"acc": [], "aware": [], "timings": [], "trainable": [], "counts": [], "elapsed": 0.0}
+    saved = checkpointer.load(run_id) if checkpointer else None
+    first_task, resume = 0, None
+    if saved:
+        record = saved["record"]
+        method.load_checkpoint_state(saved["method"])
+        restore_rng(saved["rng"])
+        first_task = saved["task"] + 1 if saved["resume"] is None else saved["task"]
+        resume = saved["resume"]
+        where = f"task {first_task + 1}" + (f", epoch {resume['epoch'] + 1}, batch {resume['step'] + 1}" if resume else "")
+        print(f"{run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
+    acc, aware, timings, trainable = record["acc"], record["aware"], record["timings"], record["trainable"]
+    counts: list[int] = record["counts"]
+
+    def save(task: int, position: dict[str, Any] | None) -> None:
+        record["elapsed"] = elapsed_before + time.time() - start
+        checkpointer.save({"run_id": run_id, "task": task, "resume": position, "record": record,
+                           "method": method.checkpoint_state(), "rng": rng_state()})
+
+    elapsed_before = record["elapsed"]
+    tasks = tqdm(range(first_task, split.n_tasks), desc=f"{config.method} on {config.dataset}",
+                 disable=not progress, initial=first_task, total=split.n_tasks)
     for task in tasks:
         task_start = time.time()
         loader = Loader(split.train_set(task), method.cfg.batch_size, shuffle=True,
@@ -193,10 +238,17 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
                         pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last)
         method.enter_task(task)
         method.eval()
-        with torch.no_grad():
-            method.begin_task(task, loader)
+        if resume is None:  # a resumed task has begun already: its state is in the checkpoint
+            with torch.no_grad():
+                method.begin_task(task, loader)
+
+        def checkpoint_if_due(epoch: int, done: int, optimizer: torch.optim.Optimizer, task: int = task) -> None:
+            if checkpointer and checkpointer.due():
+                save(task, {"epoch": epoch, "step": done, "optimizer": optimizer.state_dict()})
+
         stamps = [time.time()]
-        stats = train_task(method, loader, task, device, config.precision, progress)
+        stats = train_task(method, loader, task, device, config.precision, progress, resume, checkpoint_if_due)
+        resume = None
         stamps.append(time.time())
         with torch.no_grad():
             method.end_task(task, loader)
@@ -209,6 +261,9 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         # begin/end: the hooks' own work (e.g. InfLoRA's statistics passes, design and memory update)
         timings.append({name: round(b - a, 3) for name, a, b in zip(
             ("begin_s", "train_s", "end_s", "eval_s"), [task_start] + stamps[:-1], stamps)})
+        record["counts"] = counts
+        if checkpointer:
+            save(task, None)
         tasks.set_postfix(acc=f"{row[-1]:.1f}")
     return {
         "run_id": config.run_id(),
@@ -224,7 +279,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         "test_counts": counts,
         **summarize(acc, counts, aware),
         "trainable_params": trainable,
-        "timings": {"total_s": round(time.time() - start, 3), "tasks": timings},
+        "timings": {"total_s": round(elapsed_before + time.time() - start, 3), "tasks": timings},
         "environment": {**environment(device), "backbone_digest": method.backbone_digest},
         "data_info": {**split.data.info, "task_images": [
             {"train": len(split.train_set(t)), "test": len(split.test_set(t))} for t in range(split.n_tasks)]},

@@ -38,6 +38,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
+    """Where the checkpoint of an unfinished run lives (removed once its result is written)."""
+    return Path(results_dir) / "checkpoints" / f"{run_id}.pt"
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` as JSON to ``path`` via a temp file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,15 +109,18 @@ class Loader:
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False):
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.skip = seed, 0, 0
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.drop_last = drop_last and len(dataset) >= batch_size
         self._dataloader: DataLoader | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Passes from now on use ``epoch``'s order, the first of them without its first
+        ``skip_batches`` batches (resuming inside an epoch)."""
+        self.epoch, self.skip = epoch, skip_batches
 
     def __len__(self) -> int:
+        """Batches of a full pass (``skip_batches`` aside)."""
         if self.drop_last:
             return len(self.dataset) // self.batch_size
         return -(-len(self.dataset) // self.batch_size)
@@ -128,7 +131,9 @@ class Loader:
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(len(self.dataset), generator=generator)
-        return order[:len(self) * self.batch_size] if self.drop_last else order
+        if self.drop_last:
+            order = order[:len(self) * self.batch_size]
+        return order[self.skip * self.batch_size:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.dataset, TensorImages):
