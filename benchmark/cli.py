@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        commands = {"list": lambda: command_list_presets() if args.presets else command_list(), "report": lambda: command_report(args),
+        commands = {"list": lambda: command_list_presets() if args.presets else command_list(),
+                    "report": lambda: command_report(args),
                     "check": lambda: command_check(args), "bench": lambda: command_bench(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:

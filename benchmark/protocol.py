@@ -218,7 +218,9 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         restore_rng(saved["rng"])
         first_task = saved["task"] + 1 if saved["resume"] is None else saved["task"]
         resume = saved["resume"]
-        where = f"task {first_task + 1}" + (f", epoch {resume['epoch'] + 1}, batch {resume['step'] + 1}" if resume else "")
+        where = f"task {first_task + 1}"
+        if resume:
+            where += f", epoch {resume['epoch'] + 1}, batch {resume['step'] + 1}"
         print(f"{run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
     acc, aware, timings, trainable = record["acc"], record["aware"], record["timings"], record["trainable"]
     counts: list[int] = record["counts"]
