@@ -69,3 +69,25 @@ def test_run_id_changes_with_the_shipped_synth_weights(monkeypatch):
     monkeypatch.setattr(backbones, "synth_backbone_metadata", lambda: {"weights_digest": "rebuilt"})
     assert config.run_id() != before
     assert tiny_config("frozen").run_id() == random_init  # random init: no weights involved
+
+
+def _write_many(results_dir, writer: int) -> None:
+    for repeat in range(5):  # each process rewrites its own result while the others write theirs
+        store.write_result(results_dir, {**RESULT, "run_id": f"m_synth_T5_s{writer}_abc",
+                                         "acc_matrix": [[float(writer + repeat)]]})
+
+
+def test_twenty_concurrent_writers_lose_and_corrupt_nothing(results_dir):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_write_many, args=(results_dir, w)) for w in range(20)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    results = {r["run_id"]: r for r in store.load_results(results_dir)}
+    assert len(results) == 20
+    assert all(results[f"m_synth_T5_s{w}_abc"]["acc_matrix"] == [[float(w + 4)]] for w in range(20))
+    assert sorted(p.suffix for p in store.runs_dir(results_dir).iterdir()) == [".json"] * 20  # no temp files
