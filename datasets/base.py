@@ -84,26 +84,47 @@ def check_n_tasks(num_classes: int, n_tasks: int, dataset: str) -> None:
 
 class EpochOrder(Sampler):
     """The sample order of a ``Loader``'s current epoch, read when each pass starts (so one
-    DataLoader, and its persistent workers, serves every epoch)."""
+    DataLoader, and its persistent workers, serves every epoch). Each index comes with the seed of
+    its random augmentation this epoch (see ``SeededItems``)."""
 
     def __init__(self, loader: "Loader"):
         self.loader = loader
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.loader._order().tolist())
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        # torch's CPU generator keeps 32 bits of a seed; the tuple hash of ints is deterministic
+        seed, epoch = self.loader.seed, self.loader.epoch
+        return iter((index, hash((seed, epoch, index)) & 0xFFFFFFFF) for index in self.loader._order().tolist())
 
     def __len__(self) -> int:
         return len(self.loader._order())
+
+
+class SeededItems(Dataset):
+    """Items drawn with the torch RNG seeded per (loader seed, epoch, index): random augmentation
+    is then the same whatever the worker processes and wherever a pass (re)starts, so a run
+    resumed inside an epoch sees exactly the images an uninterrupted one does."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class Loader:
     """Batches of one task's data; shuffling is seeded per (seed, epoch) for exact reproducibility.
 
     In-memory ``TensorImages`` are sliced a batch at a time; any other dataset goes through one
-    torch ``DataLoader`` kept for all epochs, with worker processes that persist across epochs,
-    pinned memory, and worker seeds drawn from a generator seeded by ``seed`` (so augmentation is
-    reproducible with workers). ``drop_last`` skips the last incomplete batch of each pass, unless
-    the data set is smaller than one batch.
+    torch ``DataLoader`` kept for all epochs, with worker processes that persist across epochs and
+    pinned memory; each item's random augmentation is seeded by (seed, epoch, index), so it does
+    not depend on the workers or on where a pass starts. ``drop_last`` skips the last incomplete
+    batch of each pass, unless the data set is smaller than one batch.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
@@ -142,7 +163,8 @@ class Loader:
                 yield self.dataset.batch(order[start:start + self.batch_size])
             return
         if self._dataloader is None:
-            self._dataloader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=EpochOrder(self),
+            self._dataloader = DataLoader(SeededItems(self.dataset), batch_size=self.batch_size,
+                                          sampler=EpochOrder(self),
                                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                                           persistent_workers=self.num_workers > 0,
                                           generator=torch.Generator().manual_seed(self.seed))

@@ -98,3 +98,31 @@ def test_workers_persist_across_epochs_and_follow_each_epochs_order():
         assert torch.equal(torch.cat([y for _, y in workers]), expected)
         assert torch.equal(expected, plain._order())
     assert workers._dataloader is not None and workers._dataloader.persistent_workers
+
+
+class RandomlyAugmented(torch.utils.data.Dataset):
+    """Items whose 'augmentation' is a draw from the torch RNG."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int):
+        return torch.rand(2), index
+
+
+def test_augmentation_is_seeded_per_item_whatever_the_workers_and_the_start():
+    def epoch_batches(loader, epoch, skip=0):
+        loader.set_epoch(epoch, skip_batches=skip)
+        return [x for x, _ in loader]
+
+    single = Loader(RandomlyAugmented(), batch_size=4, shuffle=True, seed=1)
+    workers = Loader(RandomlyAugmented(), batch_size=4, shuffle=True, seed=1, num_workers=2)
+    first = epoch_batches(single, 0)
+    assert all(torch.equal(a, b) for a, b in zip(first, epoch_batches(workers, 0)))
+    assert all(torch.equal(a, b) for a, b in zip(first[1:], epoch_batches(single, 0, skip=1)))
+    assert not torch.equal(torch.cat(first).sort(0).values, torch.cat(epoch_batches(single, 1)).sort(0).values)
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    again = epoch_batches(single, 0)  # the global RNG neither feeds nor is moved by the draws
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and torch.equal(torch.rand(1), expected)
