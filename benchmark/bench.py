@@ -20,7 +20,6 @@ Peak memory is CUDA's allocator peak per method; on CPU it is not measured (``No
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -81,10 +80,6 @@ def paired_throughput(method_step: Callable[[], Any], bound_step: Callable[[], A
     return images / statistics.median(method_times), images / statistics.median(bound_times), statistics.median(ratios)
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
 def frozen_steps(backbone: torch.nn.Module, x: torch.Tensor, precision: str) -> tuple[Callable, Callable]:
     """The bounds as step functions: the frozen backbone's forward + backward with input
     gradients only (no weight gradients), and its forward without grad."""
@@ -92,13 +87,13 @@ def frozen_steps(backbone: torch.nn.Module, x: torch.Tensor, precision: str) -> 
 
     def train_step():
         inputs = x.detach().requires_grad_(True)
-        with _autocast(x.device, precision):
+        with protocol.autocast(x.device, precision):
             features = backbone_features(backbone, inputs)
         features.float().sum().backward()
 
     @torch.no_grad()
     def eval_step():
-        with _autocast(x.device, precision):
+        with protocol.autocast(x.device, precision):
             backbone_features(backbone, x)
 
     return train_step, eval_step
@@ -157,7 +152,7 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
 
     def train_step():
         method.train()
-        with _autocast(device, precision):
+        with protocol.autocast(device, precision):
             loss = method.training_loss(x, y, last)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,7 +161,7 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
     @torch.no_grad()
     def eval_step():
         method.eval()
-        with _autocast(device, precision):
+        with protocol.autocast(device, precision):
             method.predict(x)
 
     train_img_s, bound_train_img_s, train_ratio = paired_throughput(train_step, bound_train, batch_size, device,

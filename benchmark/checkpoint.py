@@ -10,16 +10,16 @@ the same accuracy matrix as an uninterrupted run (bit for bit on CPU; tested).
 
 from __future__ import annotations
 
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from benchmark.store import write_atomic
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,18 +55,8 @@ class Checkpointer:
         return time.monotonic() - self.last_save >= self.every_s
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` via a temp file in the same folder and a rename (never half-written)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write ``state`` atomically (never half-written), like the results store."""
+        write_atomic(self.path, lambda handle: torch.save(state, handle), binary=True)
         self.last_save = time.monotonic()
 
     def load(self, run_id: str) -> dict[str, Any] | None:

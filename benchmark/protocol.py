@@ -91,7 +91,8 @@ def declare_trainable(method: Method, task: int) -> list[dict]:
     return groups
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on ``device`` for ``precision='bf16'``, else nothing."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -129,7 +130,7 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
         loader.set_epoch(epoch, skip_batches=skipped)
         for step, (x, y) in enumerate(loader, start=skipped):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 loss = method.training_loss(x, y, task)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"{method.name}: loss is {loss.item()} at task {task + 1}, epoch "
@@ -161,7 +162,7 @@ def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.de
         hits = aware_hits = total = 0
         for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False):
             x, y = x.to(device), y.to(device)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = method.predict(x).float()
             if logits.shape[1] != method.n_seen_classes:
                 raise RuntimeError(f"{method.name}.predict returned {logits.shape[1]} logits, "
@@ -224,13 +225,13 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         print(f"{run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
     acc, aware, timings, trainable = record["acc"], record["aware"], record["timings"], record["trainable"]
     counts: list[int] = record["counts"]
+    elapsed_before = record["elapsed"]  # seconds spent before the latest checkpoint
 
     def save(task: int, position: dict[str, Any] | None) -> None:
         record["elapsed"] = elapsed_before + time.time() - start
         checkpointer.save({"run_id": run_id, "task": task, "resume": position, "record": record,
                            "method": method.checkpoint_state(), "rng": rng_state()})
 
-    elapsed_before = record["elapsed"]
     tasks = tqdm(range(first_task, split.n_tasks), desc=f"{config.method} on {config.dataset}",
                  disable=not progress, initial=first_task, total=split.n_tasks)
     for task in tasks:

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 REQUIRED_KEYS = ("run_id", "method", "dataset", "n_tasks", "seed", "acc_matrix", "final_acc", "avg_acc",
                  "timings")
@@ -43,13 +43,14 @@ def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / "checkpoints" / f"{run_id}.pt"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write ``payload`` as JSON to ``path`` via a temp file in the same folder and a rename."""
+def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Write a file with ``write(handle)`` via a temp file in the same folder and a rename, so
+    ``path`` is either the old file or the complete new one, never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_json_safe(payload), handle, indent=1, allow_nan=False)
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         umask = os.umask(0)
@@ -59,6 +60,11 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda handle: json.dump(_json_safe(payload), handle, indent=1, allow_nan=False))
 
 
 def write_result(results_dir: str | Path, result: dict[str, Any]) -> Path:

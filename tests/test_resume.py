@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from benchmark import protocol
@@ -89,6 +91,10 @@ def test_a_foreign_or_corrupt_checkpoint_is_ignored_with_a_warning(tmp_path, cap
     assert checkpointer.load("x") is None
     assert "unreadable" in capsys.readouterr().err
     checkpointer.save({"run_id": "other"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert checkpointer.path.stat().st_mode & 0o777 == 0o666 & ~umask  # as result files, not mkstemp's 0600
+    assert [p.name for p in checkpointer.path.parent.iterdir()] == ["run.pt"]  # no temp file left
     assert checkpointer.load("x") is None
     assert "another run" in capsys.readouterr().err
     checkpointer.remove()
