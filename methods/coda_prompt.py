@@ -30,7 +30,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
-from methods.prompt_base import CODA_CODE_RECIPES, PromptConfig, PromptMethod, split_prefix
+from methods.prompt_base import CODA_CODE_RECIPES, PromptConfig, PromptMethod, check_prompt_length, split_prefix
 
 
 @dataclass
@@ -43,8 +43,7 @@ class CodaPromptConfig(PromptConfig):
     ortho_weight: float = 0.0  # mu; the paper's version used 0.1 (with an internal 1e-6 factor)
 
     def __post_init__(self) -> None:
-        if self.length < 2 or self.length % 2:
-            raise ConfigError(f"CODA-Prompt length must be even and >= 2, got length={self.length}")
+        check_prompt_length("CODA-Prompt", "length", self.length)
         if self.ortho_weight < 0:
             raise ConfigError(f"CODA-Prompt ortho_weight must be >= 0, got {self.ortho_weight}")
 

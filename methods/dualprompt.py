@@ -21,8 +21,8 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
-from methods.prompt_base import (CODA_CODE_RECIPES, PromptConfig, PromptMethod, cosine_matrix, split_prefix,
-                                 uniform_prompt)
+from methods.prompt_base import (CODA_CODE_RECIPES, PromptConfig, PromptMethod, check_prompt_length, cosine_matrix,
+                                 split_prefix, uniform_prompt)
 
 
 @dataclass
@@ -37,9 +37,7 @@ class DualPromptConfig(PromptConfig):
 
     def __post_init__(self) -> None:
         for name in ("g_length", "e_length"):
-            length = getattr(self, name)
-            if length < 2 or length % 2:
-                raise ConfigError(f"DualPrompt {name} must be even and >= 2, got {length}")
+            check_prompt_length("DualPrompt", name, getattr(self, name))
         if not self.e_blocks:
             raise ConfigError("DualPrompt needs at least one e-prompt block (e_blocks)")
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
-from methods.prompt_base import CODA_CODE_RECIPES, PromptConfig, PromptMethod, cosine_matrix, uniform_prompt
+from methods.prompt_base import (CODA_CODE_RECIPES, PromptConfig, PromptMethod, check_prompt_length, cosine_matrix,
+                                 uniform_prompt)
 
 DEEP_BLOCKS = (0, 1, 2, 3, 4)
 
@@ -39,8 +40,7 @@ class L2PConfig(PromptConfig):
     key_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.length < 2 or self.length % 2:
-            raise ConfigError(f"L2P prompt length must be even and >= 2, got length={self.length}")
+        check_prompt_length("L2P", "length", self.length)
         if not 1 <= self.top_k <= self.pool_size:
             raise ConfigError(f"L2P needs 1 <= top_k <= pool_size, got top_k={self.top_k}, "
                               f"pool_size={self.pool_size}")

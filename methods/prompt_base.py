@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.errors import ConfigError
 from methods.base import Method, MethodConfig, TaskHeads
 from methods.prefix import Prefix, add_prefix_attention, prefixes
 
@@ -59,6 +60,13 @@ def cosine_matrix(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     autocast: in bf16, top-k choices flip and 1 - cos is coarse near 1, where trained keys sit."""
     with torch.autocast(queries.device.type, enabled=False):
         return F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T
+
+
+def check_prompt_length(method: str, setting: str, length: int) -> None:
+    """``ConfigError`` unless a prompt length splits into equal key and value halves."""
+    if length < 2 or length % 2:
+        raise ConfigError(f"{method} {setting} must be even and >= 2 (half key, half value prefix tokens), "
+                          f"got {setting}={length}")
 
 
 def uniform_prompt(*shape: int) -> nn.Parameter:

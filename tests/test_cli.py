@@ -26,6 +26,12 @@ TINY = ["--tasks", "5", "--epochs", "1", "--set", "data.train_per_class=3", "--s
     (["--methods", "seq-lora", "--set", "rank=abc"], "bad value 'abc' for rank"),
     (["--set", "data.train_per_class=0"], "data.train_per_class must be at least 1"),
     (["--methods", "inflora", "--set", "eps_start=1.5"], "InfLoRA thresholds need 0 < eps_start"),
+    (["--methods", "l2p", "--set", "length=7"], "L2P length must be even and >= 2"),
+    (["--methods", "dualprompt", "--set", "g_length=0"], "DualPrompt g_length must be even and >= 2"),
+    (["--methods", "coda", "--set", "length=3"], "CODA-Prompt length must be even and >= 2"),
+    (["--methods", "l2p", "--set", "top_k=31"], "L2P needs 1 <= top_k <= pool_size"),
+    (["--methods", "coda", "--set", "ortho_weight=-1"], "CODA-Prompt ortho_weight must be >= 0"),
+    (["--methods", "dualprompt", "--set", "e_blocks=[]"], "DualPrompt needs at least one e-prompt block"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, results_dir):
     assert main(argv + ["--results-dir", str(results_dir)]) == 2
