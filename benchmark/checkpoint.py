@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,15 +49,28 @@ class Checkpointer:
         self.path = Path(path)
         self.every_s = every_s
         self.last_save = time.monotonic()
+        self.requested = False
+        # called after a requested save (a preempted job hands over to submitit's requeue here)
+        self.after_requested_save: Callable[[], None] | None = None
+
+    def request(self) -> None:
+        """Ask for a save at the next safe point: the next optimiser step or task end (safe to
+        call from a signal handler)."""
+        self.requested = True
 
     def due(self) -> bool:
-        """Whether ``every_s`` seconds have passed since the last save (or the start)."""
-        return time.monotonic() - self.last_save >= self.every_s
+        """Whether a save was requested or ``every_s`` seconds have passed since the last one."""
+        return self.requested or time.monotonic() - self.last_save >= self.every_s
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically (never half-written), like the results store."""
+        """Write ``state`` atomically (never half-written), like the results store; then, if the
+        save had been requested, call ``after_requested_save``."""
         write_atomic(self.path, lambda handle: torch.save(state, handle), binary=True)
         self.last_save = time.monotonic()
+        if self.requested:
+            self.requested = False
+            if self.after_requested_save is not None:
+                self.after_requested_save()
 
     def load(self, run_id: str) -> dict[str, Any] | None:
         """The saved state of ``run_id``, or None when there is none; an unreadable file or one of

@@ -8,6 +8,7 @@ naming the problem and the fix.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -19,9 +20,10 @@ from tabulate import tabulate
 from benchmark import store
 from benchmark.config import DATA_PREFIX, PRESETS, RunConfig, resolve
 from benchmark.errors import ConfigError
+from benchmark.slurm_profile import PROFILE_KEYS
 from benchmark.registry import DATASETS, METHODS
 
-COMMANDS = ("run", "list", "report", "check", "bench")
+COMMANDS = ("run", "status", "list", "report", "check", "bench")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -76,6 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep <results-dir>/checkpoints/<run id>.pt after the result is written")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    launch = run.add_argument_group("launcher (see README: Running on a Slurm cluster)")
+    launch.add_argument("--launcher", default="inline", choices=["inline", "local", "slurm", "debug"],
+                        help="inline: in this process (default); local: submitit subprocesses on this machine; "
+                             "slurm: one Slurm job array; debug: submitit's debug executor, in this process")
+    launch.add_argument("--max-parallel", type=int, metavar="N",
+                        help="runs at once (slurm: the array's concurrency, default unlimited; local: default 1)")
+    launch.add_argument("--slurm-profile", metavar="YAML",
+                        help="Slurm options file (keys: " + ", ".join(PROFILE_KEYS) + "); flags override it")
+    launch.add_argument("--partition", help="Slurm partition")
+    launch.add_argument("--account", help="Slurm account")
+    launch.add_argument("--qos", help="Slurm quality of service")
+    launch.add_argument("--gpus-per-job", type=int, metavar="N", help="GPUs per run")
+    launch.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per run")
+    launch.add_argument("--mem-gb", type=float, metavar="GB", help="memory per run")
+    launch.add_argument("--time-min", type=int, metavar="MIN",
+                        help="time limit per job in minutes (default 1440); a run that needs longer is "
+                             "checkpointed and requeued before the limit")
+    launch.add_argument("--constraint", help="Slurm node constraint")
+    launch.add_argument("--signal-delay-s", type=int, metavar="S",
+                        help="Slurm sends SIGUSR2 this long before the time limit (default 120)")
+    launch.add_argument("--max-requeues", type=int, metavar="N",
+                        help="time-limit requeues allowed per job (default 20; preemptions are not counted)")
+    wait = launch.add_mutually_exclusive_group()
+    wait.add_argument("--wait", dest="wait", action="store_true", default=None,
+                      help="slurm: wait for the jobs and print the table (default: submit and return)")
+    wait.add_argument("--no-wait", dest="wait", action="store_false", help=argparse.SUPPRESS)
+    status = sub.add_parser("status", help="state of submitted runs: done, running, pending or failed")
+    status.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
+    status.add_argument("--retry-failed", action="store_true",
+                        help="resubmit the failed runs with the launcher and options they were submitted with")
     listing = sub.add_parser("list", help="list registered methods and datasets")
     listing.add_argument("--presets", action="store_true",
                          help="print each method's per-dataset recipe and the named presets instead")
@@ -130,10 +162,12 @@ def _device(name: str) -> str:
 def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
     """All run configurations of a ``run`` command, validated before anything runs."""
     methods = args.methods or METHODS.default_names()
-    device = _device(args.device)
+    submitted = getattr(args, "launcher", "inline") != "inline"
+    device = args.device if submitted and args.device == "auto" else _device(args.device)  # jobs decide "auto"
     from benchmark.protocol import resolve_device
 
-    resolve_device(device)  # fail before anything runs
+    if device != "auto":
+        resolve_device(device)  # fail before anything runs
     return [resolve(method, args.dataset, args.tasks, seed, args.preset, _overrides(args),
                     backbone=args.backbone, backbone_weights=args.backbone_weights,
                     precision=args.precision, device=device, data_root=args.data_root,
@@ -158,37 +192,83 @@ def results_table(results: list[dict[str, Any]]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _launch_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in PROFILE_KEYS if key in vars(args)}
+
+
+def _run_inline(specs: list[Any]) -> int:
+    from benchmark import protocol
+    from benchmark.job import execute
+
+    failures = 0
+    for spec in specs:
+        try:
+            execute(spec)
+        except protocol.NonFiniteLossError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failures += 1
+    return failures
+
+
+def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
+    """Submit ``specs`` with ``args.launcher``; the number of failed runs, or None when the jobs
+    were submitted without waiting."""
+    from benchmark import job_status, launcher, slurm_profile
+
+    options = slurm_profile.launch_options(slurm_profile.load_profile(args.slurm_profile), _launch_flags(args))
+    records = {r["run_id"]: r for r in job_status.read_records(args.results_dir)}
+    known = [records[s.run_id] for s in specs if s.run_id in records]
+    active = {state.run_id: state for state in job_status.states(args.results_dir, known)
+              if state.state in job_status.ACTIVE}
+    for run_id, state in active.items():
+        print(f"{run_id}: already {state.state} as job {state.job_id}, not submitted again "
+              f"(see `run_benchmark.py status`)", file=sys.stderr)
+    todo = [s for s in specs if s.run_id not in active]
+    if todo:
+        launcher.submit(todo, args.launcher, options, args.max_parallel, args.results_dir)
+    if args.launcher == "slurm" and not args.wait:
+        print(f"follow with: python run_benchmark.py status --results-dir {args.results_dir}", file=sys.stderr)
+        return None
+    if args.launcher == "slurm" or active:
+        launcher.wait(args.results_dir, [s.run_id for s in specs])
+    failed = [state for state in job_status.states(args.results_dir,
+                                                   [r for r in job_status.read_records(args.results_dir)
+                                                    if r["run_id"] in {s.run_id for s in specs}])
+              if state.state == "failed"]
+    for state in failed:
+        print(f"error: {state.run_id} failed: {state.detail} (log: {state.log})", file=sys.stderr)
+    return len(failed)
+
+
 def command_run(args: argparse.Namespace) -> int:
-    from benchmark import protocol  # heavy imports only when running
-    from benchmark.checkpoint import Checkpointer
+    from benchmark.job import RunSpec, absolute
 
     if args.checkpoint_every <= 0:
         raise ConfigError(f"--checkpoint-every must be positive (minutes), got {args.checkpoint_every}")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     configs = resolve_runs(args)
-    progress = not args.no_progress
-    results, failures = [], 0
+    submitted = args.launcher != "inline"
+    if submitted:  # jobs may start in another folder
+        args.results_dir = absolute(args.results_dir)
+        configs = [dataclasses.replace(c, data_root=absolute(c.data_root)) for c in configs]
+    specs = []
     for config in configs:
         run_id = config.run_id()
         if store.is_complete(args.results_dir, run_id) and not args.force:
             try:
-                results.append(store.read_result(store.result_path(args.results_dir, run_id)))
+                store.read_result(store.result_path(args.results_dir, run_id))
                 print(f"{run_id}: result exists, skipped (use --force to rerun)", file=sys.stderr)
                 continue
             except ValueError as err:
                 print(f"warning: {err}; running it again", file=sys.stderr)
-        checkpointer = Checkpointer(store.checkpoint_path(args.results_dir, run_id), 60 * args.checkpoint_every)
-        if args.force:
-            checkpointer.remove()  # --force starts afresh
-        try:
-            result = protocol.run(config, progress=progress, checkpointer=checkpointer)
-        except protocol.NonFiniteLossError as err:
-            print(f"error: {err}", file=sys.stderr)
-            failures += 1
-            continue
-        store.write_result(args.results_dir, result)
-        if not args.keep_checkpoints:
-            checkpointer.remove()
-        results.append(result)
+        specs.append(RunSpec(config, args.results_dir, 60 * args.checkpoint_every, args.keep_checkpoints,
+                             progress=not args.no_progress and not submitted, fresh=args.force))
+    failures = _run_submitted(args, specs) if submitted and specs else _run_inline(specs)
+    if failures is None:
+        return 0
+    results = [store.read_result(store.result_path(args.results_dir, c.run_id())) for c in configs
+               if store.is_complete(args.results_dir, c.run_id())]
     dataset = configs[0].dataset if configs else args.dataset
     print(f"\n{dataset}, {configs[0].n_tasks if configs else '?'} tasks; results in "
           f"{store.runs_dir(args.results_dir)}/\n")
@@ -196,6 +276,33 @@ def command_run(args: argparse.Namespace) -> int:
     print("\nA_T, A_bar: sample-weighted (accuracy over all seen test images); task-mean: mean over tasks; "
           "forgetting: max-based, in points")
     return 1 if failures else 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    from benchmark import job_status, launcher
+    from benchmark.job import RunSpec
+
+    records = job_status.read_records(args.results_dir)
+    if not records:
+        raise ConfigError(f"no submitted runs under {job_status.jobs_dir(args.results_dir)}; "
+                          "submit with `run --launcher local|slurm`")
+    states = job_status.states(args.results_dir, records)
+    rows = [[s.run_id, s.state, s.job_id or "", s.detail, s.log or ""] for s in states]
+    print(tabulate(rows, headers=["run", "state", "job", "detail", "log"], tablefmt="github", disable_numparse=True))
+    counts = {name: sum(s.state == name for s in states) for name in ("done", "running", "pending", "failed")}
+    print("\n" + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    failed = {s.run_id for s in states if s.state == "failed"}
+    if not args.retry_failed or not failed:
+        return 1 if failed else 0
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        if record["run_id"] in failed:
+            groups.setdefault((record["launcher"], repr(sorted(record["options"].items()))), []).append(record)
+    for (name, _), group in groups.items():
+        specs = [dataclasses.replace(RunSpec.from_dict(r["spec"]), fresh=False) for r in group]
+        print(f"resubmitting {len(specs)} failed run(s) with the {name} launcher", file=sys.stderr)
+        launcher.submit(specs, name, group[0]["options"], None, args.results_dir)
+    return 0
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -295,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"list": lambda: command_list_presets() if args.presets else command_list(),
+                    "status": lambda: command_status(args),
                     "report": lambda: command_report(args),
                     "check": lambda: command_check(args), "bench": lambda: command_bench(args)}
         return commands.get(args.command, lambda: command_run(args))()

@@ -1,0 +1,102 @@
+"""One run as a unit of work: executed in this process, or as a submitit job that checkpoints and
+requeues itself when preempted.
+
+``execute`` runs a ``RunSpec`` (a resolved configuration plus where and how to store it) with
+checkpoints, writes its result and removes the checkpoint. ``RunJob`` is the callable submitted
+by the ``local``, ``slurm`` and ``debug`` launchers: a ``submitit.helpers.Checkpointable`` whose
+SIGUSR2 (Slurm's preemption notice, or its warning ``signal_delay_s`` before the time limit)
+asks for a checkpoint at the next safe point (the next optimiser step or task end); once it is
+written, submitit requeues the job, and the requeued job resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from benchmark import store
+from benchmark.checkpoint import Checkpointer
+from benchmark.config import RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, picklable and JSON-able (job records keep it for retries)."""
+
+    config: RunConfig
+    results_dir: str
+    checkpoint_every_s: float = 600.0
+    keep_checkpoints: bool = False
+    progress: bool = True
+    fresh: bool = False  # --force: ignore an existing result and checkpoint (first attempt only)
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(**{**data, "config": RunConfig(**data["config"])})
+
+
+def resolve_auto_device(config: RunConfig) -> RunConfig:
+    """``device="auto"`` becomes cuda or cpu on the machine that runs (a job's, not the submitter's)."""
+    if config.device != "auto":
+        return config
+    import torch
+
+    return dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def execute(spec: RunSpec, checkpointer: Checkpointer | None = None) -> dict[str, Any]:
+    """Run ``spec`` in this process and store its result; a stored result is returned as it is
+    (unless ``spec.fresh``) and a checkpoint is resumed from."""
+    from benchmark import protocol  # heavy imports only when running
+
+    run_id = spec.run_id
+    if not spec.fresh and store.is_complete(spec.results_dir, run_id):
+        try:
+            return store.read_result(store.result_path(spec.results_dir, run_id))
+        except ValueError as err:
+            print(f"warning: {err}; running it again", file=sys.stderr)
+    checkpointer = checkpointer or Checkpointer(store.checkpoint_path(spec.results_dir, run_id),
+                                                spec.checkpoint_every_s)
+    if spec.fresh:
+        checkpointer.remove()
+    result = protocol.run(resolve_auto_device(spec.config), progress=spec.progress, checkpointer=checkpointer)
+    store.write_result(spec.results_dir, result)
+    if not spec.keep_checkpoints:
+        checkpointer.remove()
+    return result
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """The callable the launchers submit: ``RunJob()(spec)`` runs one spec and returns the path of
+    its result file."""
+
+    def __call__(self, spec: RunSpec) -> str:
+        checkpointer = Checkpointer(store.checkpoint_path(spec.results_dir, spec.run_id), spec.checkpoint_every_s)
+        requeue = signal.getsignal(signal.SIGUSR2)
+        if callable(requeue):  # submitit's checkpoint-and-requeue handler (absent in the debug executor)
+            # checkpoint at the next safe point rather than wherever the signal lands, then hand over
+            checkpointer.after_requested_save = lambda: requeue(signal.SIGUSR2, None)
+            signal.signal(signal.SIGUSR2, lambda signum, frame: checkpointer.request())
+        execute(spec, checkpointer)
+        return str(store.result_path(spec.results_dir, spec.run_id))
+
+    def checkpoint(self, spec: RunSpec) -> submitit.helpers.DelayedSubmission:
+        """What submitit requeues: the same run, resuming (never ``fresh`` again)."""
+        return submitit.helpers.DelayedSubmission(self, dataclasses.replace(spec, fresh=False))
+
+
+def absolute(path: str | None) -> str | None:
+    """Jobs may start elsewhere: paths are made absolute at submission."""
+    return None if path is None else str(Path(path).expanduser().resolve())
