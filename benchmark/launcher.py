@@ -14,6 +14,7 @@ Jobs log to ``<results-dir>/logs/`` and leave a record under ``<results-dir>/job
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +69,9 @@ def submit(specs: list[RunSpec], launcher: str, options: dict[str, Any], max_par
            results_dir: str) -> list[submitit.Job]:
     """Submit ``specs`` (slurm: at once, as an array; local: at most ``max_parallel`` at a time,
     the rest as earlier ones finish, so this call waits for local jobs); records each job."""
+    if launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise ConfigError("Slurm submission failed: sbatch/srun not found on PATH; submit from a login node of "
+                          "the cluster, or use --launcher local")
     folder = Path(results_dir) / "logs"
     executor = build_executor(launcher, folder, options, max_parallel)
     if launcher == "slurm":

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import submitit
 import torch
 
 from benchmark import cli, job_status, launcher, protocol, slurm_profile, store
@@ -118,7 +119,8 @@ def test_bad_slurm_profiles_are_one_line_errors(tmp_path, capsys, profile, messa
     assert not (tmp_path / "r" / "jobs").exists()
 
 
-def test_flags_override_the_profile_and_reach_the_sbatch_file(tmp_path):
+def test_flags_override_the_profile_and_reach_the_sbatch_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # no srun needed
     path = tmp_path / "profile.yaml"
     path.write_text("partition: gpu\naccount: proj\ngpus_per_job: 1\ncpus_per_task: 8\nmem_gb: 48\ntime_min: 60\n"
                     "setup: ['module load cuda/12.4']\nadditional: {exclude: node17}\n")
@@ -193,3 +195,16 @@ def test_a_local_run_killed_mid_task_resumes_to_the_identical_result(tmp_path):
     assert "resuming from its checkpoint at task 2" in log or "resuming from its checkpoint at task 3" in log
     [resumed] = list(store.load_results(results))
     assert resumed["acc_matrix"] == reference["acc_matrix"]
+
+
+def test_the_example_profile_is_valid():
+    profile = slurm_profile.load_profile(str(ROOT / "scripts" / "slurm-profile.example.yaml"))
+    assert set(profile) == set(slurm_profile.PROFILE_KEYS) - {"python"}
+
+
+def test_a_failed_slurm_submission_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    code = cli.main(["--methods", "frozen", *TINY, "--results-dir", str(tmp_path / "r"), "--launcher", "slurm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: Slurm submission failed") and "\n" not in err
+    assert not job_status.read_records(tmp_path / "r")
