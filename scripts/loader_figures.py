@@ -6,7 +6,10 @@ Writes ``--images`` JPEGs of ImageNet-R-like sizes (about 400 x 300, smooth rand
 the real ``imagenet-r/<wnid>/*.jpg`` layout under a temporary folder, loads them with the
 ``imagenet-r`` data set class (its seeded 80/20 split; the training side is timed) and times two
 epochs of the training ``Loader`` (RandomResizedCrop + flip at 224 px) for each worker count,
-each batch moved to the device and synchronised. Epoch 1 includes starting the workers.
+each batch on the device and synchronised: the PIL path (decode every epoch, augment in the
+workers, then copy) and the decoded-cache path (``data.decoded_cache``: crop boxes in the
+workers, resize on the device), after timing the cache's build. Epoch 1 includes starting the
+workers.
 """
 
 from __future__ import annotations
@@ -59,17 +62,21 @@ def time_epochs(loader: Loader, device: torch.device, epochs: int = 2) -> list[f
 
 
 def measure(root: Path, workers: list[int], batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """One row per worker count: the PIL path's images/s in epochs 1 and 2."""
-    data = ImageNetR.load(ImageNetROptions(image_size=224), str(root))
+    """One row per path and worker count: images/s in epochs 1 and 2 (and the cache's build time)."""
     rows = []
-    for count in workers:
-        loader = Loader(data.train, batch_size, shuffle=True, seed=0, num_workers=count,
-                        pin_memory=device.type == "cuda")
-        rates = time_epochs(loader, device)
-        rows.append({"path": "pil", "workers": count, "images": len(data.train), "epoch1_img_s": rates[0],
-                     "epoch2_img_s": rates[1]})
-        print(json.dumps(rows[-1]), flush=True)
-        del loader
+    for path in ("pil", "cache"):
+        start = time.perf_counter()
+        data = ImageNetR.load(ImageNetROptions(image_size=224, decoded_cache=path == "cache",
+                                               cache_dir=str(root / "decoded-cache")), str(root))
+        extra = {"build_s": round(time.perf_counter() - start, 2)} if path == "cache" else {}
+        for count in workers:
+            loader = Loader(data.train, batch_size, shuffle=True, seed=0, num_workers=count,
+                            pin_memory=device.type == "cuda", device=device)
+            rates = time_epochs(loader, device)
+            rows.append({"path": path, "workers": count, "images": len(data.train), "epoch1_img_s": rates[0],
+                         "epoch2_img_s": rates[1], **extra})
+            print(json.dumps(rows[-1]), flush=True)
+            del loader
     return rows
 
 
