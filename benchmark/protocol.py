@@ -255,6 +255,7 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         stamps.append(time.time())
         with torch.no_grad():
             method.end_task(task, loader)
+        loader.close()
         stamps.append(time.time())
         row, aware_row, counts = evaluate(method, split, task, device, config.precision)
         stamps.append(time.time())

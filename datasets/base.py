@@ -154,6 +154,10 @@ class Loader:
         ``skip_batches`` batches (resuming inside an epoch)."""
         self.epoch, self.skip = epoch, skip_batches
 
+    def close(self) -> None:
+        """Stop the worker processes now (they persist across passes; a later pass starts new ones)."""
+        self._dataloader = None
+
     def __len__(self) -> int:
         """Batches of a full pass (``skip_batches`` aside)."""
         if self.drop_last:

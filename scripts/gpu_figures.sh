@@ -7,7 +7,7 @@
 # Steps (each under `timeout`; a failed step is logged and the next one runs):
 #   1. environment: nvidia-smi, Python, torch, torchvision, timm
 #   2. bench, bf16, every method             -> $OUT/bench/bench_*_bf16_*.json
-#   3. bench, fp32, every method, fewer steps -> $OUT/bench/bench_*_fp32_*.json
+#   3. bench, fp32, frozen/seq-lora/inflora, 2 steps -> $OUT/bench/bench_*_fp32_*.json
 #   4. bench, bf16 with --compile, seq-lora and inflora (when bench has --compile)
 #   5. data loading: generated JPEGs through the loaders -> $OUT/loader.json
 # Everything printed goes to $OUT/gpu_figures.log as well. At most 6 files are written under $OUT.
@@ -23,7 +23,7 @@ if [ "${GPU_FIGURES_QUICK:-0}" = 1 ]; then
   : "${BACKBONE:=tiny}" "${DEVICE:=cpu}" "${BATCH:=8}" "${STEPS:=2}" "${WARMUP:=0}" "${FP32_STEPS:=1}"
   : "${IMAGES:=400}" "${WORKERS:=0 2}"
 else
-  : "${BACKBONE:=vit-b16}" "${DEVICE:=cuda}" "${BATCH:=128}" "${STEPS:=10}" "${WARMUP:=3}" "${FP32_STEPS:=3}"
+  : "${BACKBONE:=vit-b16}" "${DEVICE:=cuda}" "${BATCH:=128}" "${STEPS:=10}" "${WARMUP:=3}" "${FP32_STEPS:=2}"
   : "${IMAGES:=2000}" "${WORKERS:=8 16}"
 fi
 
@@ -48,8 +48,9 @@ BENCH=("$PY" run_benchmark.py bench --backbone "$BACKBONE" --batch-size "$BATCH"
   step environment 30 bash -c "nvidia-smi || echo 'no nvidia-smi'; \"$PY\" -c 'import platform, torch, \
 torchvision, timm; print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"torchvision\", \
 torchvision.__version__, \"timm\", timm.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available())'"
-  step bench-bf16 140 "${BENCH[@]}" --precision bf16 --warmup "$WARMUP" --steps "$STEPS"
-  step bench-fp32 80 "${BENCH[@]}" --precision fp32 --warmup 1 --steps "$FP32_STEPS"
+  step bench-bf16 160 "${BENCH[@]}" --precision bf16 --warmup "$WARMUP" --steps "$STEPS"
+  step bench-fp32 100 "${BENCH[@]}" --precision fp32 --methods frozen seq-lora inflora --warmup 1 \
+    --steps "$FP32_STEPS"
   if "$PY" run_benchmark.py bench --help | grep -q -- --compile; then
     step bench-bf16-compile 110 "${BENCH[@]}" --precision bf16 --compile --methods seq-lora inflora --warmup "$WARMUP" \
       --steps "$STEPS"
@@ -57,7 +58,7 @@ torchvision.__version__, \"timm\", timm.__version__, \"cuda\", torch.version.cud
     echo "=== bench-bf16-compile: skipped, bench has no --compile"
   fi
   # shellcheck disable=SC2086  # WORKERS is a list of numbers
-  step loader 90 "$PY" scripts/loader_figures.py --images "$IMAGES" --workers $WORKERS --device "$DEVICE" \
+  step loader 120 "$PY" scripts/loader_figures.py --images "$IMAGES" --workers $WORKERS --device "$DEVICE" \
     --out "$OUT/loader.json"
   echo "gpu_figures: done $(date -u +%FT%TZ); files:"
   find "$OUT" -type f | sort

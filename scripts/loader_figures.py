@@ -76,7 +76,7 @@ def measure(root: Path, workers: list[int], batch_size: int, device: torch.devic
             rows.append({"path": path, "workers": count, "images": len(data.train), "epoch1_img_s": rates[0],
                          "epoch2_img_s": rates[1], **extra})
             print(json.dumps(rows[-1]), flush=True)
-            del loader
+            loader.close()
     return rows
 
 
