@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "./data"),
                      help="folder holding the datasets (default: $CL_DATA_ROOT or ./data)")
     run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    run.add_argument("--decoded-cache", nargs="?", const="", metavar="DIR",
+                     help="image-file data sets: decode the images once into a cache in DIR (default: "
+                          "<data-root>/decoded-cache) and finish their transforms on the device (data.decoded_cache)")
     run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     run.add_argument("--force", action="store_true", help="rerun even if a result exists")
     run.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
@@ -148,6 +151,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             overrides[DATA_PREFIX + key] = value
+    if args.decoded_cache is not None:
+        overrides[DATA_PREFIX + "decoded_cache"] = True
+        if args.decoded_cache:
+            overrides[DATA_PREFIX + "cache_dir"] = args.decoded_cache
     return overrides
 
 

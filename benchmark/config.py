@@ -30,6 +30,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 DATA_PREFIX = "data."
 # Fields that do not change what a run computes; left out of the run id.
 _NOT_HASHED = ("device", "data_root", "num_workers")
+_NOT_HASHED_DATA = ("cache_dir",)  # data options likewise
+# Data options that enter the run id only when set otherwise (earlier run ids stay as they were)
+_HASHED_UNLESS = {"decoded_cache": False}
 
 
 @dataclass
@@ -58,6 +61,8 @@ class RunConfig:
     def run_id(self) -> str:
         """Readable, unique id: ``<method>_<dataset>_T<n>_s<seed>_<hash of the resolved config>``."""
         hashed = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        hashed["data_options"] = {k: v for k, v in self.data_options.items() if k not in _NOT_HASHED_DATA
+                                  and not (k in _HASHED_UNLESS and v == _HASHED_UNLESS[k])}
         from benchmark import backbones
 
         if self.backbone == backbones.SYNTH_VIT and self.pretrained and not self.backbone_weights:

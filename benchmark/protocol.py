@@ -160,7 +160,7 @@ def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.de
     for task in range(up_to_task + 1):
         classes = method.task_classes(task)
         hits = aware_hits = total = 0
-        for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False):
+        for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False, device=device):
             x, y = x.to(device), y.to(device)
             with autocast(device, precision):
                 logits = method.predict(x).float()
@@ -238,7 +238,7 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         task_start = time.time()
         loader = Loader(split.train_set(task), method.cfg.batch_size, shuffle=True,
                         seed=config.seed * 1000 + task, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last)
+                        pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last, device=device)
         method.enter_task(task)
         method.eval()
         if resume is None:  # a resumed task has begun already: its state is in the checkpoint
@@ -255,6 +255,7 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         stamps.append(time.time())
         with torch.no_grad():
             method.end_task(task, loader)
+        loader.close()
         stamps.append(time.time())
         row, aware_row, counts = evaluate(method, split, task, device, config.precision)
         stamps.append(time.time())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ class RemappedLabels(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         x, y = self.subset[index]
         return x, int(self.label_map[y])
+
+    @property
+    def device_batch(self) -> Callable[[list[Any], torch.device], torch.Tensor] | None:
+        """The base data set's batch step on the device, if it has one (see ``Loader``)."""
+        return getattr(self.subset.dataset, "device_batch", None)
 
 
 @dataclass
@@ -117,6 +122,12 @@ class SeededItems(Dataset):
             return self.dataset[index]
 
 
+def collate_items(batch: list[tuple[Any, int]]) -> tuple[list[Any], torch.Tensor]:
+    """A batch of items of different sizes: (list of the items, tensor of the labels)."""
+    items, labels = zip(*batch)
+    return list(items), torch.tensor(labels, dtype=torch.int64)
+
+
 class Loader:
     """Batches of one task's data; shuffling is seeded per (seed, epoch) for exact reproducibility.
 
@@ -124,12 +135,15 @@ class Loader:
     torch ``DataLoader`` kept for all epochs, with worker processes that persist across epochs and
     pinned memory; each item's random augmentation is seeded by (seed, epoch, index), so it does
     not depend on the workers or on where a pass starts. ``drop_last`` skips the last incomplete
-    batch of each pass, unless the data set is smaller than one batch.
+    batch of each pass, unless the data set is smaller than one batch. A data set with a
+    ``device_batch(items, device)`` method (the decoded cache's, ``datasets/cached_images.py``)
+    has its items collated as a list and each batch finished by that method on ``device``.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False):
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+                 num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
+                 device: torch.device | str = "cpu"):
+        self.dataset, self.batch_size, self.shuffle, self.device = dataset, batch_size, shuffle, torch.device(device)
         self.seed, self.epoch, self.skip = seed, 0, 0
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.drop_last = drop_last and len(dataset) >= batch_size
@@ -139,6 +153,10 @@ class Loader:
         """Passes from now on use ``epoch``'s order, the first of them without its first
         ``skip_batches`` batches (resuming inside an epoch)."""
         self.epoch, self.skip = epoch, skip_batches
+
+    def close(self) -> None:
+        """Stop the worker processes now (they persist across passes; a later pass starts new ones)."""
+        self._dataloader = None
 
     def __len__(self) -> int:
         """Batches of a full pass (``skip_batches`` aside)."""
@@ -162,13 +180,18 @@ class Loader:
             for start in range(0, len(order), self.batch_size):
                 yield self.dataset.batch(order[start:start + self.batch_size])
             return
+        device_batch = getattr(self.dataset, "device_batch", None)
         if self._dataloader is None:
             self._dataloader = DataLoader(SeededItems(self.dataset), batch_size=self.batch_size,
-                                          sampler=EpochOrder(self),
+                                          sampler=EpochOrder(self), collate_fn=collate_items if device_batch else None,
                                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                                           persistent_workers=self.num_workers > 0,
                                           generator=torch.Generator().manual_seed(self.seed))
-        yield from self._dataloader
+        if device_batch is None:
+            yield from self._dataloader
+            return
+        for items, labels in self._dataloader:
+            yield device_batch(items, self.device), labels
 
 
 class TaskSplit:

@@ -13,13 +13,14 @@ image size (no crop). The images stay in memory as uint8 and are transformed per
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmark.errors import DataError
+from benchmark.errors import ConfigError, DataError
 from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
 from datasets.images import ImageOptions, TransformedTensors, check_data_root, check_dataset_folder, transforms_for
@@ -67,16 +68,27 @@ def _class_names(path: Path) -> list[str]:
     return [str(name) for name in names]
 
 
+@dataclass
+class Cifar100Options(ImageOptions):
+    """The image options; ``decoded_cache`` does not apply (the images are decoded in memory)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decoded_cache:
+            raise ConfigError("data.decoded_cache applies to the image-file data sets (imagenet-r, imagenet-a, "
+                              "domainnet); CIFAR-100 is held decoded in memory already")
+
+
 @register_dataset("cifar100")
 class Cifar100(BenchmarkDataset):
     """CIFAR-100 in its official split, 10 tasks of 10 classes by default."""
 
     num_classes = NUM_CLASSES
     default_n_tasks = 10
-    Options = ImageOptions
+    Options = Cifar100Options
 
     @classmethod
-    def load(cls, options: ImageOptions, data_root: str | None) -> ClassIncrementalData:
+    def load(cls, options: Cifar100Options, data_root: str | None) -> ClassIncrementalData:
         folder = check_dataset_folder(check_data_root(data_root) / FOLDER, LAYOUT)
         names = _class_names(folder / "meta")
         x_train, y_train = _read_split(folder / "train")

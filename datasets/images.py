@@ -52,11 +52,16 @@ class ImageOptions(DatasetOptions):
 
     ``image_size`` None means "the backbone's input size", filled in by the harness before
     ``load``; a loader called without it uses 224. ``normalize``: none ([0, 1] pixels),
-    imagenet (ImageNet mean/std) or half (mean = std = 0.5).
+    imagenet (ImageNet mean/std) or half (mean = std = 0.5). ``decoded_cache``: read the images
+    from a decoded-image cache and finish their transforms on the run's device
+    (``datasets/decoded_cache.py``, ``datasets/cached_images.py``), kept in ``cache_dir``
+    (default ``<data root>/decoded-cache``; where it lies does not enter the run id).
     """
 
     image_size: int | None = None
     normalize: str = "none"
+    decoded_cache: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
@@ -70,8 +75,10 @@ class ImageOptions(DatasetOptions):
         return DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
 
 
-def _steps(image_size: int, train: bool, test_resize: str, normalize: str) -> list[tuple[str, v2.Transform]]:
-    """The transform as (description, transform) steps; the single source of both."""
+def transform_steps(image_size: int, train: bool, test_resize: str,
+                    normalize: str) -> list[tuple[str, v2.Transform]]:
+    """The transform as (description, transform) steps; the single source of both (and of the
+    decoded-cache path's, ``datasets/cached_images.py``)."""
     if test_resize not in TEST_RESIZES:
         raise ValueError(f"test_resize must be one of {TEST_RESIZES}, got {test_resize!r}")
     if train:
@@ -101,13 +108,13 @@ def build_transform(image_size: int, train: bool, test_resize: str = "resize_cro
         test_resize: "resize_crop" (Resize(S*256/224) -> CenterCrop(S)) or "resize" (CIFAR-100).
         normalize: a key of ``NORMALIZATIONS``.
     """
-    return v2.Compose([step for _, step in _steps(image_size, train, test_resize, normalize)])
+    return v2.Compose([step for _, step in transform_steps(image_size, train, test_resize, normalize)])
 
 
 def describe_transform(image_size: int, train: bool, test_resize: str = "resize_crop",
                        normalize: str = "none") -> str:
     """A short description of ``build_transform``'s result, recorded with results."""
-    return " -> ".join(name for name, _ in _steps(image_size, train, test_resize, normalize) if name)
+    return " -> ".join(name for name, _ in transform_steps(image_size, train, test_resize, normalize) if name)
 
 
 def transforms_for(options: ImageOptions, test_resize: str) -> tuple[Transform, Transform, dict[str, object]]:
@@ -117,6 +124,15 @@ def transforms_for(options: ImageOptions, test_resize: str) -> tuple[Transform, 
             "train_transform": describe_transform(size, True, test_resize, norm),
             "test_transform": describe_transform(size, False, test_resize, norm)}
     return (build_transform(size, True, test_resize, norm), build_transform(size, False, test_resize, norm), info)
+
+
+def read_rgb(path: str) -> Image.Image:
+    """The decoded RGB image at ``path``; ``DataError`` naming the file if it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports bad files with all three
+        raise DataError(f"cannot read image {path} ({err}); delete or re-extract it") from None
 
 
 class ImageFiles(Dataset):
@@ -133,13 +149,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as err:  # PIL reports bad files with all three
-            raise DataError(f"cannot read image {path} ({err}); delete or re-extract it") from None
-        return self.transform(rgb), int(self.labels[index])
+        return self.transform(read_rgb(self.paths[index])), int(self.labels[index])
 
 
 class TransformedTensors(Dataset):
@@ -280,6 +290,17 @@ def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, 
         labels = np.array([label for _, label in items], dtype=np.int64)
         sides.append((ImageFiles([f"{folder}/{rel}" for rel, _ in items], labels, transform), labels))
     (train_set, train_labels), (test_set, test_labels) = sides
+    if options.decoded_cache:
+        from datasets.cached_images import CachedTestImages, CachedTrainImages
+        from datasets.decoded_cache import DecodedCache
+
+        cache_dir = Path(options.cache_dir) if options.cache_dir else folder.parent / "decoded-cache"
+        train_cache, test_cache = (DecodedCache.open_or_build(folder, [rel for rel, _ in items], cache_dir)
+                                   for items in (train, test))
+        train_set = CachedTrainImages(train_cache, train_labels, options.size, options.normalize)
+        test_set = CachedTestImages(test_cache, test_labels, options.size, "resize_crop", options.normalize)
+        transform_info["decoding"] = ("decoded cache; resize, flip and scaling on the run's device "
+                                      "(torch antialiased bilinear)")
     info = {**info, "split_hash": split_hash((rel for rel, _ in train), (rel for rel, _ in test)),
             "n_train": len(train), "n_test": len(test), **transform_info}
     return ClassIncrementalData(num_classes, train_set, test_set, train_labels, test_labels, info)
