@@ -80,21 +80,25 @@ def paired_throughput(method_step: Callable[[], Any], bound_step: Callable[[], A
     return images / statistics.median(method_times), images / statistics.median(bound_times), statistics.median(ratios)
 
 
-def frozen_steps(backbone: torch.nn.Module, x: torch.Tensor, precision: str) -> tuple[Callable, Callable]:
+def frozen_steps(backbone: torch.nn.Module, x: torch.Tensor, precision: str,
+                 compile: bool = False) -> tuple[Callable, Callable]:
     """The bounds as step functions: the frozen backbone's forward + backward with input
-    gradients only (no weight gradients), and its forward without grad."""
+    gradients only (no weight gradients), and its forward without grad (compiled like the
+    method's steps under ``compile``)."""
     backbone.requires_grad_(False)
+    train_features = protocol.compiled(lambda inputs: backbone_features(backbone, inputs), compile)
+    eval_features = protocol.compiled(lambda inputs: backbone_features(backbone, inputs), compile)
 
     def train_step():
         inputs = x.detach().requires_grad_(True)
         with protocol.autocast(x.device, precision):
-            features = backbone_features(backbone, inputs)
+            features = train_features(inputs)
         features.float().sum().backward()
 
     @torch.no_grad()
     def eval_step():
         with protocol.autocast(x.device, precision):
-            backbone_features(backbone, x)
+            eval_features(x)
 
     return train_step, eval_step
 
@@ -106,19 +110,18 @@ def _batches(n: int, batch_size: int, size: int, task: int, device: torch.device
             for _ in range(n)]
 
 
-def _hooks_seconds(method, task: int, loader: list) -> float:
-    """Seconds of ``begin_task`` + ``end_task`` of ``task`` over ``loader``."""
+def _hooks_seconds(method, task: int, loader: list, precision: str) -> float:
+    """Seconds of ``begin_task`` + ``end_task`` of ``task`` over ``loader``, run as the protocol does."""
     _sync(method.device)
     start = time.perf_counter()
-    with torch.no_grad():
-        method.begin_task(task, loader)
-        method.end_task(task, loader)
+    protocol.run_hook(method.begin_task, task, loader, method.device, precision)
+    protocol.run_hook(method.end_task, task, loader, method.device, precision)
     _sync(method.device)
     return time.perf_counter() - start
 
 
 def bench_method(name: str, backbone_name: str, batch_size: int, precision: str, device: torch.device,
-                 warmup: int, steps: int) -> dict[str, Any]:
+                 warmup: int, steps: int, compile: bool = False) -> dict[str, Any]:
     """One row of the benchmark for method ``name``; the bounds run on a second, unwrapped copy
     of the backbone, timed in alternation with the method."""
     cls = METHODS.get(name)
@@ -139,21 +142,20 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
         method.eval()
         loader = _batches(1, batch_size, size, task, device)
         if task == last and name.startswith("inflora"):  # linear fit of the hooks' cost in the samples
-            design_times = [_hooks_seconds(method, task, small), _hooks_seconds(method, task, larger)]
-        with torch.no_grad():
-            method.begin_task(task, loader)
+            design_times = [_hooks_seconds(method, task, batches, precision) for batches in (small, larger)]
+        protocol.run_hook(method.begin_task, task, loader, device, precision)
         if task < last:
-            with torch.no_grad():
-                method.end_task(task, loader)
+            protocol.run_hook(method.end_task, task, loader, device, precision)
     groups = protocol.declare_trainable(method, last)
     optimizer = protocol.build_optimizer(groups, method.cfg)
     x, y = _batches(1, batch_size, size, last, device)[0]
-    bound_train, bound_eval = frozen_steps(plain, x, precision)
+    bound_train, bound_eval = frozen_steps(plain, x, precision, compile)
+    training_loss, predict = (protocol.compiled(fn, compile) for fn in (method.training_loss, method.predict))
 
     def train_step():
         method.train()
         with protocol.autocast(device, precision):
-            loss = method.training_loss(x, y, last)
+            loss = training_loss(x, y, last)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,14 +164,14 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
     def eval_step():
         method.eval()
         with protocol.autocast(device, precision):
-            method.predict(x)
+            predict(x)
 
     train_img_s, bound_train_img_s, train_ratio = paired_throughput(train_step, bound_train, batch_size, device,
                                                                     warmup, steps)
     eval_img_s, bound_eval_img_s, eval_ratio = paired_throughput(eval_step, bound_eval, batch_size, device,
                                                                  warmup, steps)
     row = {"method": name, "backbone": backbone_name, "device": str(device), "precision": precision,
-           "batch_size": batch_size, "n_tasks": N_TASKS, "bound_train_img_s": round(bound_train_img_s, 1),
+           "batch_size": batch_size, "compile": compile, "n_tasks": N_TASKS, "bound_train_img_s": round(bound_train_img_s, 1),
            "bound_eval_img_s": round(bound_eval_img_s, 1), "train_img_s": round(train_img_s, 1),
            "eval_img_s": round(eval_img_s, 1), "train_ratio": round(train_ratio, 3), "eval_ratio": round(eval_ratio, 3),
            "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None}
@@ -198,19 +200,21 @@ def target_verdict(row: dict[str, Any]) -> str:
 
 
 def run_bench(methods: list[str], backbone: str, batch_size: int, precision: str, device: torch.device,
-              warmup: int, steps: int, results_dir: str) -> tuple[list[dict[str, Any]], Path]:
+              warmup: int, steps: int, results_dir: str, compile: bool = False) -> tuple[list[dict[str, Any]], Path]:
     """Bench every method; print the table and write the rows as JSON under ``results_dir/bench/``."""
     backbone_name = resolve_backbone_name(backbone, METHODS.get("frozen").pretrained_tag)
-    rows = [bench_method(name, backbone_name, batch_size, precision, device, warmup, steps) for name in methods]
+    rows = [bench_method(name, backbone_name, batch_size, precision, device, warmup, steps, compile)
+            for name in methods]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = Path(results_dir) / "bench" / f"bench_{backbone_name}_{device.type}_{precision}_b{batch_size}_{stamp}.json"
+    kind = precision + ("_compiled" if compile else "")
+    path = Path(results_dir) / "bench" / f"bench_{backbone_name}_{device.type}_{kind}_b{batch_size}_{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"rows": rows, "environment": protocol.environment(device), "warmup": warmup,
                              "steps": steps})
     table = [[r["method"], r["train_img_s"], r["bound_train_img_s"], r["train_ratio"], r["eval_img_s"],
               r["bound_eval_img_s"], r["eval_ratio"], r.get("design_fraction", ""),
               r["peak_mem_mb"] if r["peak_mem_mb"] is not None else "–", target_verdict(r)] for r in rows]
-    print(f"{backbone_name}, {device}, {precision}, batch {batch_size}, {N_TASKS} tasks; bounds: the frozen "
+    print(f"{backbone_name}, {device}, {kind}, batch {batch_size}, {N_TASKS} tasks; bounds: the frozen "
           "backbone's forward+backward (input gradients only) and forward, timed before each method\n")
     print(tabulate(table, headers=["method", "train img/s", "bound", "train ratio", "eval img/s", "bound",
                                    "eval ratio", "design fraction", "peak MB", "targets"], tablefmt="github"))

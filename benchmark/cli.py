@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hyperparameter preset on top of the per-dataset defaults (default: paper)")
     run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile each task's training step and prediction (off by default; see README: Speed)")
     run.add_argument("--backbone", help="tiny (the 32 px synth ViT), vit-b16 (ViT-B/16 with the method's reference "
                                         "weights tag) or a timm name with tag (default: the dataset's: synth "
                                         "tiny, real data sets vit-b16)")
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backbone", default="tiny", help="tiny (default) or vit-b16 / a timm ViT name (random init)")
     bench.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast precision")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the training step and prediction")
     bench.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     bench.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
@@ -177,7 +180,7 @@ def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
         resolve_device(device)  # fail before anything runs
     return [resolve(method, args.dataset, args.tasks, seed, args.preset, _overrides(args),
                     backbone=args.backbone, backbone_weights=args.backbone_weights,
-                    precision=args.precision, device=device, data_root=args.data_root,
+                    precision=args.precision, compile=args.compile, device=device, data_root=args.data_root,
                     num_workers=args.num_workers, shuffle_classes=not args.natural_order)
             for method in methods for seed in args.seeds]
 
@@ -357,7 +360,7 @@ def command_bench(args: argparse.Namespace) -> int:
     methods = [METHODS.canonical(m) for m in args.methods] if args.methods else \
         [m for m in METHODS.default_names() if not METHODS.get(m).upper_bound]
     run_bench(methods, args.backbone, args.batch_size, args.precision, resolve_device(_device(args.device)),
-              args.warmup, args.steps, args.results_dir)
+              args.warmup, args.steps, args.results_dir, compile=args.compile)
     return 0
 
 

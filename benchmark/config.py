@@ -28,11 +28,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ci": {"epochs": 2, "data.train_per_class": 40, "data.test_per_class": 20},
 }
 DATA_PREFIX = "data."
-# Fields that do not change what a run computes; left out of the run id.
-_NOT_HASHED = ("device", "data_root", "num_workers")
+# Fields that do not change what a run computes (beyond float rounding); left out of the run id.
+_NOT_HASHED = ("device", "data_root", "num_workers", "compile")
 _NOT_HASHED_DATA = ("cache_dir",)  # data options likewise
 # Data options that enter the run id only when set otherwise (earlier run ids stay as they were)
 _HASHED_UNLESS = {"decoded_cache": False}
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run configuration (``RunConfig.to_dict()``, or a stored result's ``config``)
+    that identifies what the run computes: used by the run id and by the report's grouping."""
+    kept = {k: v for k, v in config.items() if k not in _NOT_HASHED}
+    kept["data_options"] = {k: v for k, v in config.get("data_options", {}).items() if k not in _NOT_HASHED_DATA
+                            and not (k in _HASHED_UNLESS and v == _HASHED_UNLESS[k])}
+    return kept
 
 
 @dataclass
@@ -54,15 +63,14 @@ class RunConfig:
     device: str = "cpu"
     data_root: str | None = None
     num_workers: int = 0
+    compile: bool = False  # torch.compile the training step and prediction (--compile)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
         """Readable, unique id: ``<method>_<dataset>_T<n>_s<seed>_<hash of the resolved config>``."""
-        hashed = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
-        hashed["data_options"] = {k: v for k, v in self.data_options.items() if k not in _NOT_HASHED_DATA
-                                  and not (k in _HASHED_UNLESS and v == _HASHED_UNLESS[k])}
+        hashed = identity(self.to_dict())
         from benchmark import backbones
 
         if self.backbone == backbones.SYNTH_VIT and self.pretrained and not self.backbone_weights:

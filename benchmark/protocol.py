@@ -98,17 +98,36 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def run_hook(hook: Callable[[int, Any], None], task: int, loader: Any, device: torch.device, precision: str) -> None:
+    """``begin_task`` / ``end_task`` as the protocol runs them: without grad, under the run's
+    autocast (so InfLoRA's statistics passes run at the training precision; its covariance is
+    accumulated in fp32/fp64 regardless)."""
+    with torch.no_grad(), autocast(device, precision):
+        hook(task, loader)
+
+
 StepHook = Callable[[int, int, torch.optim.Optimizer], None]
+
+
+def compiled(fn: Callable, enabled: bool) -> Callable:
+    """``torch.compile(fn)`` for the ``--compile`` fast path, else ``fn`` itself. Dynamo's caches
+    are reset first, so each task (and each evaluation) compiles afresh: a method's state changes
+    between tasks (new heads, merged LoRA weights) and the recompile limit is never reached.
+    ``begin_task`` / ``end_task`` (InfLoRA's statistics hooks) always run eagerly."""
+    if not enabled:
+        return fn
+    torch.compiler.reset()
+    return torch.compile(fn)
 
 
 def train_task(method: Method, loader: Loader, task: int, device: torch.device, precision: str = "fp32",
                progress: bool = False, resume: dict[str, Any] | None = None,
-               after_step: StepHook | None = None) -> dict[str, Any]:
+               after_step: StepHook | None = None, compile: bool = False) -> dict[str, Any]:
     """Train ``method`` on one task with a fresh optimiser and schedule; returns step counts.
 
     ``resume`` (``epoch``, ``step``: batches done in that epoch, ``optimizer``: its state) continues
     an interrupted task; ``after_step(epoch, steps_done_in_epoch, optimizer)`` runs after every
-    optimiser step (the run's checkpointing).
+    optimiser step (the run's checkpointing); ``compile``: ``torch.compile`` the loss (``compiled``).
     """
     hp = method.cfg
     groups = declare_trainable(method, task)
@@ -119,6 +138,7 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
     method.train()
+    training_loss = compiled(method.training_loss, compile)
     steps, last_loss = 0, None
     bar = tqdm(range(start_epoch, hp.epochs), desc=f"{method.name} task {task + 1}", leave=False,
                disable=not progress)
@@ -131,7 +151,7 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
         for step, (x, y) in enumerate(loader, start=skipped):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
-                loss = method.training_loss(x, y, task)
+                loss = training_loss(x, y, task)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"{method.name}: loss is {loss.item()} at task {task + 1}, epoch "
                                          f"{epoch + 1}, step {step + 1}; lower the learning rate (--lr)")
@@ -153,9 +173,10 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
 
 @torch.no_grad()
 def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.device,
-             precision: str = "fp32") -> tuple[list[float], list[float], list[int]]:
+             precision: str = "fp32", compile: bool = False) -> tuple[list[float], list[float], list[int]]:
     """Class-incremental and task-aware accuracy (percent) on each seen task's test data."""
     method.eval()
+    predict = compiled(method.predict, compile)
     accs, aware, counts = [], [], []
     for task in range(up_to_task + 1):
         classes = method.task_classes(task)
@@ -163,7 +184,7 @@ def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.de
         for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False, device=device):
             x, y = x.to(device), y.to(device)
             with autocast(device, precision):
-                logits = method.predict(x).float()
+                logits = predict(x).float()
             if logits.shape[1] != method.n_seen_classes:
                 raise RuntimeError(f"{method.name}.predict returned {logits.shape[1]} logits, "
                                    f"expected {method.n_seen_classes} (the classes seen so far)")
@@ -242,22 +263,21 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         method.enter_task(task)
         method.eval()
         if resume is None:  # a resumed task has begun already: its state is in the checkpoint
-            with torch.no_grad():
-                method.begin_task(task, loader)
+            run_hook(method.begin_task, task, loader, device, config.precision)
 
         def checkpoint_if_due(epoch: int, done: int, optimizer: torch.optim.Optimizer, task: int = task) -> None:
             if checkpointer and checkpointer.due():
                 save(task, {"epoch": epoch, "step": done, "optimizer": optimizer.state_dict()})
 
         stamps = [time.time()]
-        stats = train_task(method, loader, task, device, config.precision, progress, resume, checkpoint_if_due)
+        stats = train_task(method, loader, task, device, config.precision, progress, resume, checkpoint_if_due,
+                           config.compile)
         resume = None
         stamps.append(time.time())
-        with torch.no_grad():
-            method.end_task(task, loader)
+        run_hook(method.end_task, task, loader, device, config.precision)
         loader.close()
         stamps.append(time.time())
-        row, aware_row, counts = evaluate(method, split, task, device, config.precision)
+        row, aware_row, counts = evaluate(method, split, task, device, config.precision, config.compile)
         stamps.append(time.time())
         acc.append(row)
         aware.append(aware_row)

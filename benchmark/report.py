@@ -17,6 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark import store
+from benchmark.config import identity
 from benchmark.errors import ConfigError
 
 METRICS = ("final_acc", "avg_acc", "forgetting")
@@ -26,12 +27,11 @@ FORMATS = ("markdown", "latex", "csv", "json")  # and html, which needs the runs
 PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
 PUBLISHED_COLUMNS = ["published_final_acc", "published_final_acc_std", "published_avg_acc", "published_source",
                      "final_acc_diff"]
-_NOT_GROUPED = ("seed", "device", "data_root", "num_workers")
 
 
 def config_group(config: dict) -> str:
-    """Hash of a run's configuration without the seed (and device/paths): its table cell."""
-    kept = {k: v for k, v in config.items() if k not in _NOT_GROUPED}
+    """Hash of what a run computes (``config.identity``) without the seed: its table cell."""
+    kept = {k: v for k, v in identity(config).items() if k != "seed"}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
 
 

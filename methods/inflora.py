@@ -85,7 +85,8 @@ class SecondMoments:
     def _hook(self, index: int):
         def accumulate(module, inputs):
             tokens = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            batch_sum = (tokens.T @ tokens).double()  # fp32 products, fp64 accumulation
+            with torch.autocast(tokens.device.type, enabled=False):  # under --precision bf16 too
+                batch_sum = (tokens.T @ tokens).double()  # fp32 products, fp64 accumulation
             self.sums[index] = batch_sum if self.sums[index] is None else self.sums[index] + batch_sum
             self.counts[index] += tokens.shape[0]
         return accumulate

@@ -113,8 +113,9 @@ class PromptMethod(Method):
         return self.prompted_logits(x, None)[0]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference logits, in ``torch.inference_mode`` (both passes; no state is cached here)."""
-        with torch.inference_mode():
+        """Inference logits, in ``torch.inference_mode`` (both passes; no state is cached here);
+        under ``torch.compile`` (``--compile``) in ``no_grad``, as inference tensors cannot be traced."""
+        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
             return self(x)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:

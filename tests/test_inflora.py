@@ -125,3 +125,24 @@ def test_second_moments_are_the_token_mean_of_the_layernorm1_output():
         torch.testing.assert_close(mean, tokens.T @ tokens / tokens.shape[0], atol=1e-6, rtol=1e-6)
         assert mean.dtype == torch.float64
     assert not layers[0]._forward_pre_hooks  # hooks removed
+
+
+def test_second_moments_are_accumulated_in_fp32_under_bf16_autocast():
+    """The protocol runs the statistics passes under the run's autocast: the activations come from
+    the bf16 forward, but x^T x is still an fp32 product (accumulated in fp64)."""
+    from methods.inflora import SecondMoments
+    from methods.lora import add_lora_qkv
+    from benchmark.backbones import build_tiny_vit
+
+    layer = add_lora_qkv(build_tiny_vit().eval().requires_grad_(False))[0]
+    tokens = torch.randn(2, 17, layer.dim)
+    means = {}
+    for precision in ("fp32", "bf16"):
+        stats = SecondMoments([layer])
+        with torch.no_grad(), protocol.autocast(torch.device("cpu"), precision):
+            stats._hook(0)(layer, (tokens,))
+        means[precision] = stats.means()[0]
+        stats.remove()
+    flat = tokens.reshape(-1, layer.dim)
+    assert torch.equal(means["bf16"], means["fp32"])
+    torch.testing.assert_close(means["fp32"], (flat.T @ flat).double() / flat.shape[0])
