@@ -168,3 +168,14 @@ def test_latex_with_published_adds_marked_rows(filled, tmp_path):
     # benchmarks in order: cifar100 (no published value), then synth
     assert r"\textit{inflora (published)} & -- & -- & \textit{58.00 $\pm$ 0.50} & --" in text
     assert text.count(r"\midrule") == 2 and text.count("{") == text.count("}")
+
+
+def test_options_that_do_not_change_the_computation_do_not_split_a_cell():
+    """Runs stored before a default-off option existed, and runs that differ only in where the
+    decoded cache lies, whether they were compiled or how many workers they had, share a cell;
+    turning the decoded cache on (other pixels) gives a cell of its own."""
+    old = {"method": "inflora", "seed": 0, "data_options": {"split_seed": 0}, "num_workers": 0}
+    new = {**old, "seed": 1, "compile": True, "num_workers": 8,
+           "data_options": {"split_seed": 0, "decoded_cache": False, "cache_dir": "/scratch/c"}}
+    cached = {**new, "data_options": {"split_seed": 0, "decoded_cache": True}}
+    assert report.config_group(old) == report.config_group(new) != report.config_group(cached)
