@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a method hyperparameter (e.g. rank=8) or dataset option (data.KEY=VALUE)")
     run.add_argument("--preset", default="paper", choices=list(PRESETS),
                      help="hyperparameter preset on top of the per-dataset defaults (default: paper)")
-    run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, decided by "
+                                                      "the machine that runs the job)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile each task's training step and prediction (off by default; see README: Speed)")

@@ -29,9 +29,8 @@ from benchmark.errors import ConfigError
 from benchmark.job import RunJob, RunSpec
 from benchmark.slurm_profile import PROFILE_KEYS
 
-LAUNCHERS = ("inline", "local", "slurm", "debug")
 CONSTRUCTOR_KEYS = ("slurm_max_num_timeout", "slurm_python")  # AutoExecutor(...) arguments, not update_parameters
-POLL_S = float(os.environ.get("CL_POLL_S", "5"))
+POLL_S = float(os.environ.get("CL_POLL_S", "5"))  # seconds between job-state polls (tests set 1)
 
 
 def build_executor(launcher: str, folder: Path, options: dict[str, Any], max_parallel: int | None

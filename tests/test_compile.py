@@ -37,7 +37,8 @@ def test_compiled_training_and_prediction_match_eager(name):
     assert compiled[0] == eager[0]
     torch.testing.assert_close(compiled[1], eager[1], atol=1e-4, rtol=1e-4)
     for a, b in zip(compiled[2], eager[2]):
-        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # Adam: near-zero gradients, lr-sized steps
+        # as a whole: Adam turns a near-zero gradient's rounding into a step of up to lr in one entry
+        assert (a - b).norm() <= 1e-3 * b.norm() + 1e-6
 
 
 def test_compile_is_off_by_default_and_not_part_of_the_run_id():
