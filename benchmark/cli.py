@@ -227,6 +227,8 @@ def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
     from benchmark import job_status, launcher, slurm_profile
 
     options = slurm_profile.launch_options(slurm_profile.load_profile(args.slurm_profile), _launch_flags(args))
+    for dataset, data_root in {(s.config.dataset, s.config.data_root) for s in specs}:
+        DATASETS.get(dataset).check_location(data_root)  # a wrong --data-root fails here, not in each job
     records = {r["run_id"]: r for r in job_status.read_records(args.results_dir)}
     known = [records[s.run_id] for s in specs if s.run_id in records]
     active = {state.run_id: state for state in job_status.states(args.results_dir, known)

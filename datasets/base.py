@@ -240,6 +240,18 @@ class BenchmarkDataset:
     default_backbone: str = "vit-b16"  # a --backbone value: tiny, vit-b16 or a timm name
     fixed_image_size: int | None = None  # set when the images exist at one size only (synth)
     Options: type[DatasetOptions] = DatasetOptions
+    folder: str | None = None  # the data set's folder under the data root (None: generated data)
+    layout: str = ""  # the expected on-disk layout, named in errors
+
+    @classmethod
+    def check_location(cls, data_root: str | None) -> None:
+        """``DataError`` (one line) when the data root or the data set's folder is missing: checked
+        before jobs are submitted, so a wrong --data-root fails at once, not in every job
+        (``load`` checks the whole layout)."""
+        if cls.folder is not None:
+            from datasets.images import check_data_root, check_dataset_folder
+
+            check_dataset_folder(check_data_root(data_root) / cls.folder, cls.layout)
 
     @classmethod
     def load(cls, options: DatasetOptions, data_root: str | None) -> ClassIncrementalData:

@@ -83,6 +83,7 @@ class Cifar100Options(ImageOptions):
 class Cifar100(BenchmarkDataset):
     """CIFAR-100 in its official split, 10 tasks of 10 classes by default."""
 
+    folder, layout = FOLDER, LAYOUT
     num_classes = NUM_CLASSES
     default_n_tasks = 10
     Options = Cifar100Options

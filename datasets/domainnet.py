@@ -70,6 +70,7 @@ def read_list(path: Path) -> Labelled:
 class DomainNet(BenchmarkDataset):
     """DomainNet with the official lists of the chosen domains, 5 tasks of 69 classes by default."""
 
+    folder, layout = FOLDER, LAYOUT
     num_classes = NUM_CLASSES
     default_n_tasks = 5
     Options = DomainNetOptions

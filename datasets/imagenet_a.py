@@ -39,6 +39,7 @@ class ImageNetAOptions(ImageOptions):
 class ImageNetA(BenchmarkDataset):
     """ImageNet-A natural adversarial examples, 10 tasks of 20 classes by default."""
 
+    folder, layout = FOLDER, LAYOUT
     num_classes = NUM_CLASSES
     default_n_tasks = 10
     Options = ImageNetAOptions

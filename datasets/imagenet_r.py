@@ -109,6 +109,7 @@ def yaml_split(folder: Path, files: dict[str, Path]) -> tuple[Labelled, Labelled
 class ImageNetR(BenchmarkDataset):
     """ImageNet-R renditions, 10 tasks of 20 classes by default."""
 
+    folder, layout = FOLDER, LAYOUT
     num_classes = NUM_CLASSES
     default_n_tasks = 10
     Options = ImageNetROptions

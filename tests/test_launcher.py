@@ -93,6 +93,15 @@ def test_the_debug_launcher_gives_the_inline_result_and_records_the_job(tmp_path
     assert f"| {a['run_id']} | done " in out and "1 done, 0 running, 0 pending, 0 failed" in out
 
 
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_a_missing_data_folder_fails_before_any_job_is_submitted(tmp_path, capsys, launcher):
+    code = cli.main(["--methods", "frozen", "--dataset", "imagenet-r", "--backbone", "tiny", "--image-size", "32",
+                     "--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--launcher", launcher])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: data set folder {tmp_path / 'imagenet-r'} does not exist")
+    assert not job_status.read_records(tmp_path / "r")
+
+
 def test_status_without_submitted_runs_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["status", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -143,12 +152,14 @@ def test_a_local_job_that_fails_is_reported_and_retried_by_status(tmp_path, caps
     argv = ["--methods", "frozen", "--dataset", "cifar100", "--tasks", "10", "--backbone", "tiny", "--image-size",
             "32", "--epochs", "1", "--device", "cpu", "--data-root", str(data_root), "--results-dir", str(results),
             "--launcher", "local"]
-    assert cli.main(argv) == 1  # no data yet: the job fails
+    write_cifar100(data_root)
+    (data_root / "cifar-100-python" / "train").unlink()  # found by the job, not at submission
+    assert cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert "failed: DataError: data root" in err and "does not exist" in err and "(log: " in err
+    assert "failed: DataError: missing CIFAR-100 file" in err and "(log: " in err
     assert cli.main(["status", "--results-dir", str(results)]) == 1
     out = capsys.readouterr().out
-    assert "| failed " in out and "does not exist" in out and "0 done, 0 running, 0 pending, 1 failed" in out
+    assert "| failed " in out and "missing CIFAR-100 file" in out and "0 done, 0 running, 0 pending, 1 failed" in out
     [record] = job_status.read_records(results)
     write_cifar100(data_root)
     assert cli.main(["status", "--results-dir", str(results), "--retry-failed"]) == 0

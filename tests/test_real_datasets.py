@@ -329,3 +329,16 @@ def test_domainnet_list_errors(domainnet_root, tmp_path):
 def test_domainnet_unknown_domain_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid: clipart, infograph, painting, quickdraw, real, sketch"):
         DATASETS.get("domainnet").Options(domains=["clipart", "photos"])
+
+
+@pytest.mark.parametrize("name, folder", [("cifar100", "cifar-100-python"), ("imagenet-r", "imagenet-r"),
+                                          ("imagenet-a", "imagenet-a"), ("domainnet", "domainnet")])
+def test_check_location_names_the_missing_folder_and_passes_once_it_exists(tmp_path, name, folder):
+    dataset = DATASETS.get(name)
+    with pytest.raises(DataError, match="data root .* does not exist"):
+        dataset.check_location(str(tmp_path / "absent"))
+    with pytest.raises(DataError, match=f"data set folder .*{folder} does not exist"):
+        dataset.check_location(str(tmp_path))
+    (tmp_path / folder).mkdir()
+    dataset.check_location(str(tmp_path))
+    DATASETS.get("synth").check_location(None)  # generated data: nothing to check
