@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inline: in this process (default); local: submitit subprocesses on this machine; "
                              "slurm: one Slurm job array; debug: submitit's debug executor, in this process")
     launch.add_argument("--max-parallel", type=int, metavar="N",
-                        help="runs at once (slurm: the array's concurrency, default unlimited; local: default 1)")
+                        help="runs at once (slurm: the array's concurrency, default submitit's 256; local: "
+                             "default 1, at most one run per GPU group)")
     launch.add_argument("--slurm-profile", metavar="YAML",
                         help="Slurm options file (keys: " + ", ".join(PROFILE_KEYS) + "); flags override it")
     launch.add_argument("--partition", help="Slurm partition")
@@ -237,6 +238,11 @@ def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
         print(f"{run_id}: already {state.state} as job {state.job_id}, not submitted again "
               f"(see `run_benchmark.py status`)", file=sys.stderr)
     todo = [s for s in specs if s.run_id not in active]
+    for spec in todo:  # --force: start afresh now; the job itself only ever resumes
+        if spec.fresh:
+            store.result_path(args.results_dir, spec.run_id).unlink(missing_ok=True)
+            store.checkpoint_path(args.results_dir, spec.run_id).unlink(missing_ok=True)
+    todo = [dataclasses.replace(s, fresh=False) for s in todo]
     if todo:
         launcher.submit(todo, args.launcher, options, args.max_parallel, args.results_dir)
     if args.launcher == "slurm" and not args.wait:
@@ -312,10 +318,17 @@ def command_status(args: argparse.Namespace) -> int:
         if record["run_id"] in failed:
             groups.setdefault((record["launcher"], repr(sorted(record["options"].items()))), []).append(record)
     for (name, _), group in groups.items():
-        specs = [dataclasses.replace(RunSpec.from_dict(r["spec"]), fresh=False) for r in group]
+        try:
+            specs = [dataclasses.replace(RunSpec.from_dict(r["spec"]), fresh=False) for r in group]
+        except TypeError as err:
+            raise ConfigError(f"job record of {group[0]['run_id']} is from another version ({err}); rerun the "
+                              "`run` command instead") from None
+        options = dict(group[0]["options"])
+        max_parallel = options.pop("max_parallel", None)
         print(f"resubmitting {len(specs)} failed run(s) with the {name} launcher", file=sys.stderr)
-        launcher.submit(specs, name, group[0]["options"], None, args.results_dir)
-    return 0
+        launcher.submit(specs, name, options, max_parallel, args.results_dir)
+    retried = [r for r in job_status.read_records(args.results_dir) if r["run_id"] in failed]
+    return 1 if any(s.state == "failed" for s in job_status.states(args.results_dir, retried)) else 0
 
 
 def command_report(args: argparse.Namespace) -> int:

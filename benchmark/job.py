@@ -79,17 +79,37 @@ def execute(spec: RunSpec, checkpointer: Checkpointer | None = None) -> dict[str
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """The callable the launchers submit: ``RunJob()(spec)`` runs one spec and returns the path of
-    its result file."""
+    """The callable the launchers submit: ``RunJob(grace_s)(spec)`` runs one spec and returns the
+    path of its result file. ``grace_s``: how long after SIGUSR2 the job waits for a safe point
+    before it requeues from its latest checkpoint anyway (a long evaluation or statistics pass
+    must not run into the time limit)."""
+
+    def __init__(self, grace_s: float = 60.0):
+        self.grace_s = grace_s
 
     def __call__(self, spec: RunSpec) -> str:
         checkpointer = Checkpointer(store.checkpoint_path(spec.results_dir, spec.run_id), spec.checkpoint_every_s)
         requeue = signal.getsignal(signal.SIGUSR2)
-        if callable(requeue):  # submitit's checkpoint-and-requeue handler (absent in the debug executor)
-            # checkpoint at the next safe point rather than wherever the signal lands, then hand over
-            checkpointer.after_requested_save = lambda: requeue(signal.SIGUSR2, None)
-            signal.signal(signal.SIGUSR2, lambda signum, frame: checkpointer.request())
-        execute(spec, checkpointer)
+        if not callable(requeue):  # no submitit handler (the debug executor): run as inline
+            execute(spec, checkpointer)
+            return str(store.result_path(spec.results_dir, spec.run_id))
+
+        def hand_over(*_) -> None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() below, requeue, exit
+
+        def on_usr2(signum, frame) -> None:
+            checkpointer.request()  # saved at the next optimiser step or task end, then hand_over
+            signal.signal(signal.SIGALRM, hand_over)
+            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+
+        checkpointer.after_requested_save = hand_over
+        signal.signal(signal.SIGUSR2, on_usr2)
+        try:
+            execute(spec, checkpointer)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGUSR2, requeue)
         return str(store.result_path(spec.results_dir, spec.run_id))
 
     def checkpoint(self, spec: RunSpec) -> submitit.helpers.DelayedSubmission:

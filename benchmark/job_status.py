@@ -22,11 +22,11 @@ from typing import Any, Iterable
 
 from benchmark import store
 
-ACTIVE = ("pending", "running")
-# squeue's states of a job that is still queued or running (anything else has ended)
-SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
-                 "PREEMPTED", "STOPPED", "SIGNALING"}
-SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
+ACTIVE = ("pending", "running", "unknown")  # not resubmitted, waited for
+# squeue's states of a job that has ended (anything else is still queued, running or requeued)
+SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+               "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 
 
 @dataclasses.dataclass
@@ -150,8 +150,9 @@ def states(results_dir: str | Path, records: list[dict[str, Any]]) -> list[JobSt
             if slurm is None:
                 out.append(JobState(run_id, "unknown", job_id, "squeue could not be run", log))
                 continue
-            queued = slurm.get(job_id)
-            state = "pending" if queued in SLURM_PENDING else "running" if queued in SLURM_RUNNING else None
+            queued = slurm.get(job_id)  # None: no longer listed (ended)
+            state = None if queued is None or queued in SLURM_ENDED else \
+                "running" if queued in SLURM_RUNNING else "pending"
         elif record["launcher"] == "local":
             if record.get("host") != socket.gethostname():
                 out.append(JobState(run_id, "unknown", job_id, f"local job of host {record.get('host')}", log))
@@ -162,6 +163,8 @@ def states(results_dir: str | Path, records: list[dict[str, Any]]) -> list[JobSt
             state = None
         if state:
             out.append(JobState(run_id, state, job_id, _progress(results_dir, run_id, n_tasks), log))
+        elif store.is_complete(results_dir, run_id):  # it finished while we looked
+            out.append(JobState(run_id, "done", job_id, log=log))
         else:
             out.append(JobState(run_id, "failed", job_id, _ended_detail(record), record.get("stderr") or log))
     return out

@@ -45,23 +45,24 @@ def build_executor(launcher: str, folder: Path, options: dict[str, Any], max_par
                                          **{k: params.pop(k) for k in CONSTRUCTOR_KEYS if k in params})
         executor.update_parameters(**params)
         return executor
-    executor = submitit.AutoExecutor(folder=folder, cluster=launcher)
     if launcher == "local":  # the Slurm-only options do not apply on this machine
-        executor.update_parameters(timeout_min=params["timeout_min"])
-    return executor
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=params["slurm_max_num_timeout"])
+        executor.update_parameters(timeout_min=params["timeout_min"], signal_delay_s=params["slurm_signal_delay_s"])
+        return executor
+    return submitit.AutoExecutor(folder=folder, cluster=launcher)
 
 
-def _submit(executor: submitit.Executor, specs: list[RunSpec]) -> list[submitit.Job]:
-    """All ``specs`` as one submission (one job array on Slurm)."""
-    with executor.batch():
-        jobs = [executor.submit(RunJob(), spec) for spec in specs]
-    return jobs
+def _job(options: dict[str, Any]) -> RunJob:
+    """The submitted callable; after SIGUSR2 it waits half the signal delay for a safe point."""
+    return RunJob(grace_s=options["signal_delay_s"] / 2)
 
 
-def _record(results_dir: str, launcher: str, options: dict[str, Any], spec: RunSpec, job: submitit.Job) -> None:
+def _record(results_dir: str, launcher: str, options: dict[str, Any], max_parallel: int | None, spec: RunSpec,
+            job: submitit.Job) -> None:
     files = {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
              "result_pickle": str(job.paths.result_pickle)}
-    job_status.write_record(results_dir, spec.run_id, spec.to_dict(), launcher, options, str(job.job_id), files)
+    job_status.write_record(results_dir, spec.run_id, spec.to_dict(), launcher,
+                            {**options, "max_parallel": max_parallel}, str(job.job_id), files)
 
 
 def submit(specs: list[RunSpec], launcher: str, options: dict[str, Any], max_parallel: int | None,
@@ -75,20 +76,22 @@ def submit(specs: list[RunSpec], launcher: str, options: dict[str, Any], max_par
     executor = build_executor(launcher, folder, options, max_parallel)
     if launcher == "slurm":
         try:
-            jobs = _submit(executor, specs)
-        except (OSError, subprocess.SubprocessError) as err:
-            raise ConfigError(f"Slurm submission failed ({job_status.last_line(str(err)) or type(err).__name__}); check the profile's partition/account "
+            with executor.batch():  # one job array
+                jobs = [executor.submit(_job(options), spec) for spec in specs]
+        except (OSError, subprocess.SubprocessError, submitit.core.utils.FailedJobError) as err:
+            reason = job_status.last_line(str(err)) or type(err).__name__
+            raise ConfigError(f"Slurm submission failed ({reason}); check the partition/account/qos "
                               "or try --launcher local") from None
         for spec, job in zip(specs, jobs):
-            _record(results_dir, launcher, options, spec, job)
+            _record(results_dir, launcher, options, max_parallel, spec, job)
         print(f"submitted {len(jobs)} run(s) as Slurm job array {jobs[0].job_id.split('_')[0]}; "
               f"logs in {folder}/", file=sys.stderr)
         return jobs
     if launcher == "debug":  # runs in this process, when its result is asked for
         jobs = []
         for spec in specs:
-            job = executor.submit(RunJob(), spec)
-            _record(results_dir, launcher, options, spec, job)
+            job = executor.submit(_job(options), spec)
+            _record(results_dir, launcher, options, max_parallel, spec, job)
             try:
                 job.result()
             except Exception as err:
@@ -98,20 +101,39 @@ def submit(specs: list[RunSpec], launcher: str, options: dict[str, Any], max_par
     return _run_local(executor, specs, options, max_parallel or 1, results_dir)
 
 
+def _gpu_groups(options: dict[str, Any]) -> list[list[int]] | None:
+    """Disjoint GPU lists for concurrent local jobs (``gpus_per_job`` each, default 1 when this
+    machine has GPUs); None on a machine without GPUs or with ``gpus_per_job: 0``."""
+    import torch
+
+    count, per_job = torch.cuda.device_count(), options.get("gpus_per_job")
+    per_job = (1 if count else 0) if per_job is None else int(per_job)
+    if per_job == 0:
+        return None
+    if per_job > count:
+        raise ConfigError(f"--gpus-per-job {per_job} but this machine has {count} GPU(s)")
+    return [list(range(k * per_job, (k + 1) * per_job)) for k in range(count // per_job)]
+
+
 def _run_local(executor: submitit.Executor, specs: list[RunSpec], options: dict[str, Any], max_parallel: int,
                results_dir: str) -> list[submitit.Job]:
-    queue, running, finished = list(specs), [], []
+    groups = _gpu_groups(options)
+    if groups is not None:
+        max_parallel = min(max_parallel, len(groups))
+    queue, running, finished = list(specs), [], []  # running: (job, its GPUs)
     with tqdm(total=len(specs), desc="local jobs", unit="run") as bar:
         while queue or running:
             while queue and len(running) < max_parallel:
-                spec = queue.pop(0)
-                job = executor.submit(RunJob(), spec)
-                _record(results_dir, "local", options, spec, job)
-                running.append(job)
+                spec, gpus = queue.pop(0), groups.pop(0) if groups is not None else []
+                executor.update_parameters(gpus_per_node=len(gpus), visible_gpus=gpus)  # CUDA_VISIBLE_DEVICES
+                job = executor.submit(_job(options), spec)
+                _record(results_dir, "local", options, max_parallel, spec, job)
+                running.append((job, gpus))
             time.sleep(min(POLL_S, 1.0))
-            done = [job for job in running if job.done()]
-            for job in done:
-                running.remove(job)
+            for job, gpus in [entry for entry in running if entry[0].done()]:
+                running.remove((job, gpus))
+                if groups is not None:
+                    groups.append(gpus)
                 finished.append(job)
                 bar.update()
     return finished

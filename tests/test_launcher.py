@@ -46,7 +46,7 @@ def test_sigusr2_checkpoints_at_the_next_step_then_requeues_and_the_requeued_job
     config = config_of("seq-lora")
     reference = protocol.run(config, progress=False)["acc_matrix"]
     spec = RunSpec(config, str(tmp_path / "results"), checkpoint_every_s=1e9, progress=False)
-    signal_at = steps_per_task(config) + 2  # second task, third step
+    signal_at = steps_per_task(config) + 2  # during the second task's second step
     loss, calls = SeqLoRA.training_loss, {"n": 0}
 
     def training_loss(self, x, y, task):  # the signal lands in the middle of a step
@@ -73,6 +73,34 @@ def test_sigusr2_checkpoints_at_the_next_step_then_requeues_and_the_requeued_job
     result_path = requeued.result()
     assert store.read_result(Path(result_path))["acc_matrix"] == reference
     assert not store.checkpoint_path(spec.results_dir, spec.run_id).exists()
+
+
+def test_without_a_safe_point_in_time_the_job_requeues_from_its_latest_checkpoint(tmp_path, monkeypatch):
+    """SIGUSR2 during a long evaluation (no optimiser step comes): after ``grace_s`` the job hands
+    over anyway, from the checkpoint of the previous task's end."""
+    spec = RunSpec(config_of("seq-lora"), str(tmp_path / "results"), checkpoint_every_s=1e9, progress=False)
+    evaluate, calls = protocol.evaluate, {"n": 0}
+
+    def slow_second_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(5)  # interrupted by the grace timer
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(protocol, "evaluate", slow_second_evaluation)
+
+    def submitit_handler(signum, frame):
+        raise Requeued
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    start = time.monotonic()
+    try:
+        with pytest.raises(Requeued):
+            RunJob(grace_s=0.2)(spec)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert time.monotonic() - start < 4
+    saved = torch.load(store.checkpoint_path(spec.results_dir, spec.run_id), weights_only=True)
+    assert (saved["task"], saved["resume"]) == (0, None)  # the first task's end
 
 
 def test_a_forced_run_is_fresh_only_on_its_first_attempt():
@@ -211,6 +239,23 @@ def test_a_local_run_killed_mid_task_resumes_to_the_identical_result(tmp_path):
 def test_the_example_profile_is_valid():
     profile = slurm_profile.load_profile(str(ROOT / "scripts" / "slurm-profile.example.yaml"))
     assert set(profile) == set(slurm_profile.PROFILE_KEYS) - {"python"}
+
+
+def test_a_rejected_slurm_submission_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("sbatch", "echo 'sbatch: error: invalid partition specified: gpu' >&2; exit 1"),
+                       ("srun", "exit 0")):
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    code = cli.main(["--methods", "frozen", *TINY, "--results-dir", str(tmp_path / "r"), "--launcher", "slurm",
+                     "--partition", "gpu"])
+    err = capsys.readouterr().err.strip()  # sbatch's own message, passed through, then ours
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == ("error: Slurm submission failed (sbatch: error: invalid partition specified: "
+                                    "gpu); check the partition/account/qos or try --launcher local")
+    assert not job_status.read_records(tmp_path / "r")
 
 
 def test_a_failed_slurm_submission_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -108,15 +108,10 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_exactly(tmp_path, slur
     [run_id] = expected
     results = tmp_path / "results"
     submitted = cli(["--methods", "seq-lora", *LONG, "--results-dir", str(results), *SLURM,
-                     "--checkpoint-every", "60"], slurm_env)
+                     "--checkpoint-every", "0.001"], slurm_env)  # a checkpoint after (nearly) every step
     assert submitted.returncode == 0, submitted.stderr
     [record] = job_status.read_records(results)
-    # the run checkpoints after each task: wait for task 2's, then for training inside task 3
-    checkpoint = store.checkpoint_path(results, run_id)
-    deadline = time.monotonic() + 300
-    while not checkpoint.is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.is_file(), "the job never finished its first task"
+    wait_for_checkpoint_in_task(store.checkpoint_path(results, run_id), 1)  # training in the second task
     subprocess.run(["scancel", "--signal=USR2", record["job_id"]], env=slurm_env, check=True)
     waited = cli(["--methods", "seq-lora", *LONG, "--results-dir", str(results), *SLURM, "--wait"], slurm_env)
     assert waited.returncode == 0, waited.stderr
