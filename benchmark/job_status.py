@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import os
 import re
 import socket
 import subprocess
@@ -47,9 +46,10 @@ def record_path(results_dir: str | Path, run_id: str) -> Path:
 
 
 def write_record(results_dir: str | Path, run_id: str, spec: dict[str, Any], launcher: str,
-                 options: dict[str, Any], job_id: str, files: dict[str, str]) -> None:
+                 options: dict[str, Any], job_id: str, files: dict[str, str | None]) -> None:
     """Record a submission (atomically, replacing an earlier one of the same run); ``files``:
-    the job's ``stdout``, ``stderr`` and ``result_pickle`` paths."""
+    the job's ``stdout``, ``stderr`` and ``result_pickle`` paths (and a local job's
+    ``process_start``, see ``process_start``)."""
     record = {"run_id": run_id, "launcher": launcher, "options": options, "job_id": job_id,
               "host": socket.gethostname(), "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               **files, "spec": spec}
@@ -87,14 +87,14 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     return {job: state for job, state in states.items() if job in wanted}
 
 
-def _process_alive(pid: str) -> bool:
+def process_start(pid: str) -> str | None:
+    """The start time of process ``pid`` (field 22 of /proc/<pid>/stat), None if there is none:
+    with the pid, it names one process (pids are reused)."""
     try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def last_line(text: str) -> str:
@@ -157,8 +157,8 @@ def states(results_dir: str | Path, records: list[dict[str, Any]]) -> list[JobSt
             if record.get("host") != socket.gethostname():
                 out.append(JobState(run_id, "unknown", job_id, f"local job of host {record.get('host')}", log))
                 continue
-            state = "running" if _process_alive(job_id) and not Path(record.get("result_pickle", "")).is_file() \
-                else None
+            alive = process_start(job_id) is not None and process_start(job_id) == record.get("process_start")
+            state = "running" if alive and not Path(record.get("result_pickle", "")).is_file() else None
         else:  # debug jobs run inside the submitting process
             state = None
         if state:

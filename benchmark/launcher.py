@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ def _record(results_dir: str, launcher: str, options: dict[str, Any], max_parall
             job: submitit.Job) -> None:
     files = {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
              "result_pickle": str(job.paths.result_pickle)}
+    if launcher == "local":
+        files["process_start"] = job_status.process_start(str(job.job_id))
     job_status.write_record(results_dir, spec.run_id, spec.to_dict(), launcher,
                             {**options, "max_parallel": max_parallel}, str(job.job_id), files)
 
@@ -73,6 +76,8 @@ def submit(specs: list[RunSpec], launcher: str, options: dict[str, Any], max_par
         raise ConfigError("Slurm submission failed: sbatch/srun not found on PATH; submit from a login node of "
                           "the cluster, or use --launcher local")
     folder = Path(results_dir) / "logs"
+    if launcher == "local":  # local job ids are process ids, which repeat: one folder per command
+        folder = folder / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     executor = build_executor(launcher, folder, options, max_parallel)
     if launcher == "slurm":
         try:

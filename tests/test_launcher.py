@@ -209,7 +209,7 @@ def _checkpoint_position(path: Path) -> tuple[int, dict | None] | None:
 def test_a_local_run_killed_mid_task_resumes_to_the_identical_result(tmp_path):
     results, inline = tmp_path / "results", tmp_path / "inline"
     argv = [sys.executable, "run_benchmark.py", "run", "--methods", "seq-lora", *TINY, "--epochs", "3",
-            "--checkpoint-every", "0.001"]
+            "--set", "data.train_per_class=20", "--checkpoint-every", "0.001"]  # 5-10 s of training
     subprocess.run([*argv, "--results-dir", str(inline)], cwd=ROOT, check=True, capture_output=True)
     [reference] = list(store.load_results(inline))
     crashed = subprocess.Popen([*argv, "--results-dir", str(results), "--launcher", "local"], cwd=ROOT,
@@ -220,7 +220,9 @@ def test_a_local_run_killed_mid_task_resumes_to_the_identical_result(tmp_path):
         position = _checkpoint_position(checkpoint)
         if position and position[0] >= 1 and position[1] is not None:
             break
-        time.sleep(0.2)
+        if crashed.poll() is not None:
+            pytest.fail("the local run ended before it could be killed inside its second task")
+        time.sleep(0.05)
     else:
         pytest.fail("the local job never reached the second task")
     os.killpg(crashed.pid, signal.SIGKILL)  # the submitting process and its job: a machine crash
