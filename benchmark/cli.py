@@ -163,20 +163,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
     """All run configurations of a ``run`` command, validated before anything runs."""
     methods = args.methods or METHODS.default_names()
+    from benchmark.protocol import auto_device, resolve_device
+
     submitted = getattr(args, "launcher", "inline") != "inline"
-    device = args.device if submitted and args.device == "auto" else _device(args.device)  # jobs decide "auto"
-    from benchmark.protocol import resolve_device
+    device = args.device if submitted and args.device == "auto" else auto_device(args.device)  # jobs decide "auto"
 
     if device != "auto":
         resolve_device(device)  # fail before anything runs
@@ -366,7 +359,7 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "drop_last
 
 def command_bench(args: argparse.Namespace) -> int:
     from benchmark.bench import run_bench
-    from benchmark.protocol import resolve_device
+    from benchmark.protocol import auto_device, resolve_device
 
     for key in ("batch_size", "steps"):
         if getattr(args, key) < 1:
@@ -375,7 +368,7 @@ def command_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--warmup must be non-negative, got {args.warmup}")
     methods = [METHODS.canonical(m) for m in args.methods] if args.methods else \
         [m for m in METHODS.default_names() if not METHODS.get(m).upper_bound]
-    run_bench(methods, args.backbone, args.batch_size, args.precision, resolve_device(_device(args.device)),
+    run_bench(methods, args.backbone, args.batch_size, args.precision, resolve_device(auto_device(args.device)),
               args.warmup, args.steps, args.results_dir, compile=args.compile)
     return 0
 

@@ -47,15 +47,6 @@ class RunSpec:
         return cls(**{**data, "config": RunConfig(**data["config"])})
 
 
-def resolve_auto_device(config: RunConfig) -> RunConfig:
-    """``device="auto"`` becomes cuda or cpu on the machine that runs (a job's, not the submitter's)."""
-    if config.device != "auto":
-        return config
-    import torch
-
-    return dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
 def execute(spec: RunSpec, checkpointer: Checkpointer | None = None) -> dict[str, Any]:
     """Run ``spec`` in this process and store its result; a stored result is returned as it is
     (unless ``spec.fresh``) and a checkpoint is resumed from."""
@@ -71,7 +62,8 @@ def execute(spec: RunSpec, checkpointer: Checkpointer | None = None) -> dict[str
                                                 spec.checkpoint_every_s)
     if spec.fresh:
         checkpointer.remove()
-    result = protocol.run(resolve_auto_device(spec.config), progress=spec.progress, checkpointer=checkpointer)
+    config = dataclasses.replace(spec.config, device=protocol.auto_device(spec.config.device))  # the job's machine
+    result = protocol.run(config, progress=spec.progress, checkpointer=checkpointer)
     store.write_result(spec.results_dir, result)
     if not spec.keep_checkpoints:
         checkpointer.remove()

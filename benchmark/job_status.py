@@ -157,7 +157,8 @@ def states(results_dir: str | Path, records: list[dict[str, Any]]) -> list[JobSt
             if record.get("host") != socket.gethostname():
                 out.append(JobState(run_id, "unknown", job_id, f"local job of host {record.get('host')}", log))
                 continue
-            alive = process_start(job_id) is not None and process_start(job_id) == record.get("process_start")
+            started = process_start(job_id)
+            alive = started is not None and started == record.get("process_start")
             state = "running" if alive and not Path(record.get("result_pickle", "")).is_file() else None
         else:  # debug jobs run inside the submitting process
             state = None

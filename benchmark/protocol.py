@@ -45,6 +45,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def auto_device(name: str) -> str:
+    """``name``, or for ``auto`` cuda if this machine has it, else cpu."""
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N``; ``ConfigError`` if it is not available here."""
     try:
