@@ -225,12 +225,13 @@ def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
         DATASETS.get(dataset).check_location(data_root)  # a wrong --data-root fails here, not in each job
     records = {r["run_id"]: r for r in job_status.read_records(args.results_dir)}
     known = [records[s.run_id] for s in specs if s.run_id in records]
-    active = {state.run_id: state for state in job_status.states(args.results_dir, known)
-              if state.state in job_status.ACTIVE}
-    for run_id, state in active.items():
-        print(f"{run_id}: already {state.state} as job {state.job_id}, not submitted again "
-              f"(see `run_benchmark.py status`)", file=sys.stderr)
-    todo = [s for s in specs if s.run_id not in active]
+    left = {state.run_id: state for state in job_status.states(args.results_dir, known)
+            if state.state in job_status.NOT_RESUBMITTED}
+    for run_id, state in left.items():
+        what = f"state unknown ({state.detail})" if state.state == "unknown" else \
+            f"already {state.state} as job {state.job_id}"
+        print(f"{run_id}: {what}, not submitted again (see `run_benchmark.py status`)", file=sys.stderr)
+    todo = [s for s in specs if s.run_id not in left]
     for spec in todo:  # --force: start afresh now; the job itself only ever resumes
         if spec.fresh:
             store.result_path(args.results_dir, spec.run_id).unlink(missing_ok=True)
@@ -241,15 +242,14 @@ def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
     if args.launcher == "slurm" and not args.wait:
         print(f"follow with: python run_benchmark.py status --results-dir {args.results_dir}", file=sys.stderr)
         return None
-    if args.launcher == "slurm" or active:
-        launcher.wait(args.results_dir, [s.run_id for s in specs])
-    failed = [state for state in job_status.states(args.results_dir,
-                                                   [r for r in job_status.read_records(args.results_dir)
-                                                    if r["run_id"] in {s.run_id for s in specs}])
-              if state.state == "failed"]
-    for state in failed:
-        print(f"error: {state.run_id} failed: {state.detail} (log: {state.log})", file=sys.stderr)
-    return len(failed)
+    run_ids = {s.run_id for s in specs}
+    final = launcher.wait(args.results_dir, run_ids)  # at once unless Slurm jobs or others' jobs are active
+    for state in final:
+        if state.state == "failed":
+            print(f"error: {state.run_id} failed: {state.detail} (log: {state.log})", file=sys.stderr)
+        elif state.state == "unknown":
+            print(f"error: {state.run_id}: state unknown ({state.detail}); no result here", file=sys.stderr)
+    return sum(state.state != "done" for state in final)
 
 
 def command_run(args: argparse.Namespace) -> int:

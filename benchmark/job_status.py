@@ -21,7 +21,8 @@ from typing import Any, Iterable
 
 from benchmark import store
 
-ACTIVE = ("pending", "running", "unknown")  # not resubmitted, waited for
+ACTIVE = ("pending", "running")  # waited for
+NOT_RESUBMITTED = (*ACTIVE, "unknown")  # a rerun leaves these alone
 # squeue's states of a job that has ended (anything else is still queued, running or requeued)
 SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}

@@ -144,9 +144,9 @@ def _run_local(executor: submitit.Executor, specs: list[RunSpec], options: dict[
     return finished
 
 
-def wait(results_dir: str, run_ids: list[str]) -> list[job_status.JobState]:
+def wait(results_dir: str, run_ids: set[str]) -> list[job_status.JobState]:
     """Poll the jobs of ``run_ids`` until none is pending or running; their final states."""
-    records = [r for r in job_status.read_records(results_dir) if r["run_id"] in set(run_ids)]
+    records = [r for r in job_status.read_records(results_dir) if r["run_id"] in run_ids]
     with tqdm(total=len(records), desc="jobs done", unit="run") as bar:
         while True:
             states = job_status.states(results_dir, records)

@@ -266,3 +266,21 @@ def test_a_failed_slurm_submission_is_a_one_line_error(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: Slurm submission failed") and "\n" not in err
     assert not job_status.read_records(tmp_path / "r")
+
+
+def test_a_run_of_unknown_state_is_neither_resubmitted_nor_waited_for(tmp_path):
+    """A local job recorded on another host: its state cannot be known here, so a rerun leaves it
+    alone, says so and exits 1 instead of waiting for it forever."""
+    results = tmp_path / "results"
+    argv = [sys.executable, "run_benchmark.py", "run", "--methods", "frozen", *TINY, "--results-dir", str(results)]
+    assert subprocess.run([*argv, "--launcher", "debug"], cwd=ROOT, capture_output=True).returncode == 0
+    [record] = job_status.read_records(results)
+    store.result_path(results, record["run_id"]).unlink()
+    path = job_status.record_path(results, record["run_id"])
+    path.write_text(path.read_text().replace(f'"launcher": "debug"', '"launcher": "local"')
+                    .replace(f'"host": "{record["host"]}"', '"host": "elsewhere"'))
+    rerun = subprocess.run([*argv, "--launcher", "local"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "CL_POLL_S": "0.2"})
+    assert rerun.returncode == 1
+    assert f"{record['run_id']}: state unknown (local job of host elsewhere), not submitted again" in rerun.stderr
+    assert job_status.read_records(results)[0]["job_id"] == record["job_id"]
