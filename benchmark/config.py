@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
+from benchmark.schedules import SCHEDULES
 
 # Named presets: overrides applied on top of the per-dataset defaults. "paper" keeps them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -167,8 +168,7 @@ def validate(config: RunConfig) -> None:
         (hp["batch_size"] >= 1, f"batch size must be at least 1, got {hp['batch_size']}"),
         (hp["lr"] > 0, f"learning rate must be positive, got {hp['lr']}"),
         (hp["optimizer"] in ("adam", "adamw", "sgd"), f"optimizer must be adam, adamw or sgd, got {hp['optimizer']!r}"),
-        (hp["schedule"] in ("cosine", "constant", "step"),
-         f"schedule must be cosine, constant or step, got {hp['schedule']!r}"),
+        (hp["schedule"] in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {hp['schedule']!r}"),
         (hp["head_lr"] >= 0, f"head_lr must be non-negative (0 = same as lr), got {hp['head_lr']}"),
         (hp["weight_decay"] >= 0, f"weight_decay must be non-negative, got {hp['weight_decay']}"),
         (config.num_workers >= 0, f"num_workers must be non-negative, got {config.num_workers}"),

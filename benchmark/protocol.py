@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import platform
 import random
 import sys
@@ -28,6 +27,7 @@ from benchmark.checkpoint import Checkpointer, restore_rng, rng_state
 from benchmark.config import RunConfig
 from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
+from benchmark.schedules import epoch_lr_factor
 from benchmark.registry import DATASETS, METHODS
 from datasets.base import Loader, TaskSplit
 from methods.base import Method
@@ -72,16 +72,6 @@ def build_optimizer(groups: list[dict], hp) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
     return optimizer_cls(groups, lr=hp.lr, betas=(0.9, 0.999), weight_decay=hp.weight_decay)
-
-
-def epoch_lr_factor(epoch: int, epochs: int, schedule: str, milestones: list[int] = (),
-                    gamma: float = 0.1) -> float:
-    """Per-epoch lr multiplier: CODA/InfLoRA cosine cos(99 pi e / (200 (K-1))), step, or constant."""
-    if schedule == "step":
-        return gamma ** sum(epoch >= m for m in milestones)
-    if schedule == "constant" or epochs == 1:
-        return 1.0
-    return math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
 
 
 def declare_trainable(method: Method, task: int) -> list[dict]:

@@ -37,9 +37,12 @@ class MethodConfig:
     """Training recipe shared by every method; methods subclass it to add their hyperparameters.
 
     The optimiser and schedule are built by the protocol from these values, fresh for each task.
-    ``schedule="cosine"`` is the per-epoch cosine of the CODA-Prompt and InfLoRA code:
-    lr_e = lr * cos(99 pi e / (200 (K-1))) for epoch e of K (constant when K = 1);
-    ``"step"`` multiplies the lr by ``gamma`` at each epoch in ``milestones``.
+    ``schedule="coda-cosine"`` (default) is the per-epoch cosine as the CODA-Prompt and InfLoRA
+    codes run it: lr_e = lr * cos(99 pi max(e-1, 0) / (200 (K-1))) for epoch e = 0..K-1 of K, so
+    epochs 0 and 1 both run at the full rate (constant when K = 1, where the codes divide by zero);
+    ``"cosine-annealing"`` is torch's CosineAnnealingLR(T_max=K) stepped per epoch;
+    ``"step"`` multiplies the lr by ``gamma`` at each epoch in ``milestones``; ``"constant"``.
+    The formulas: ``benchmark.schedules.epoch_lr_factor``.
     """
 
     epochs: int = 20
@@ -49,7 +52,7 @@ class MethodConfig:
     optimizer: str = "adam"  # adam | adamw | sgd
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | constant | step
+    schedule: str = "coda-cosine"  # coda-cosine | cosine-annealing | step | constant
     milestones: list[int] = field(default_factory=list)  # step schedule: epochs where lr *= gamma
     gamma: float = 0.1
     grad_clip: float = 0.0  # max grad norm; 0 disables
