@@ -129,6 +129,9 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
     hp = method.cfg
     groups = declare_trainable(method, task)
     params = [p for g in groups for p in g["params"]]
+    if not params:  # a training-free task (SimpleCIL; RanPAC after its first): no optimiser, no step
+        method.eval()
+        return {"steps": 0, "trainable_params": 0}
     optimizer = build_optimizer(groups, hp)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     start_epoch, start_step = (resume["epoch"], resume["step"]) if resume else (0, 0)
@@ -257,10 +260,13 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         loader = Loader(split.train_set(task), method.cfg.batch_size, shuffle=True,
                         seed=config.seed * 1000 + task, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last, device=device)
+        hook_loader = loader if method.hook_transform == "train" else Loader(
+            split.train_set(task, plain=True), method.cfg.batch_size, shuffle=False, num_workers=config.num_workers,
+            pin_memory=device.type == "cuda", device=device)
         method.enter_task(task)
         method.eval()
         if resume is None:  # a resumed task has begun already: its state is in the checkpoint
-            run_hook(method.begin_task, task, loader, device, config.precision)
+            run_hook(method.begin_task, task, hook_loader, device, config.precision)
 
         def checkpoint_if_due(epoch: int, done: int, optimizer: torch.optim.Optimizer, task: int = task) -> None:
             if checkpointer and checkpointer.due():
@@ -271,8 +277,9 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
                            config.compile)
         resume = None
         stamps.append(time.time())
-        run_hook(method.end_task, task, loader, device, config.precision)
+        run_hook(method.end_task, task, hook_loader, device, config.precision)
         loader.close()
+        hook_loader.close()
         stamps.append(time.time())
         row, aware_row, counts = evaluate(method, split, task, device, config.precision, config.compile)
         stamps.append(time.time())

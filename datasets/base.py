@@ -68,6 +68,9 @@ class ClassIncrementalData:
     train_targets: np.ndarray
     test_targets: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the result (split hash, ...)
+    # the training images under the *test* transform (what SimpleCIL's and RanPAC's statistics
+    # read); None: ``train`` has no random augmentation and serves both
+    train_plain: Dataset | None = None
 
 
 def class_order(num_classes: int, seed: int, shuffle: bool = True) -> list[int]:
@@ -219,8 +222,10 @@ class TaskSplit:
             return TensorImages(dataset.images[index], torch.from_numpy(positions[indices]))
         return RemappedLabels(dataset, indices, self.label_map)
 
-    def train_set(self, task: int) -> Dataset:
-        return self._task_data(self.data.train, self.data.train_targets, task)
+    def train_set(self, task: int, plain: bool = False) -> Dataset:
+        """Task ``task``'s training images; ``plain``: under the test transform (no augmentation)."""
+        dataset = self.data.train_plain if plain and self.data.train_plain is not None else self.data.train
+        return self._task_data(dataset, self.data.train_targets, task)
 
     def test_set(self, task: int) -> Dataset:
         return self._task_data(self.data.test, self.data.test_targets, task)

@@ -106,4 +106,5 @@ class Cifar100(BenchmarkDataset):
             train=TransformedTensors(torch.from_numpy(x_train), y_train, train_tf),
             test=TransformedTensors(torch.from_numpy(x_test), y_test, test_tf),
             train_targets=y_train, test_targets=y_test, info=info,
+            train_plain=TransformedTensors(torch.from_numpy(x_train), y_train, test_tf),
         )

@@ -290,6 +290,7 @@ def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, 
         labels = np.array([label for _, label in items], dtype=np.int64)
         sides.append((ImageFiles([f"{folder}/{rel}" for rel, _ in items], labels, transform), labels))
     (train_set, train_labels), (test_set, test_labels) = sides
+    train_plain = ImageFiles(train_set.paths, train_labels, test_tf)
     if options.decoded_cache:
         from datasets.cached_images import CachedTestImages, CachedTrainImages
         from datasets.decoded_cache import DecodedCache
@@ -299,8 +300,9 @@ def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, 
                                    for items in (train, test))
         train_set = CachedTrainImages(train_cache, train_labels, options.size, options.normalize)
         test_set = CachedTestImages(test_cache, test_labels, options.size, "resize_crop", options.normalize)
+        train_plain = CachedTestImages(train_cache, train_labels, options.size, "resize_crop", options.normalize)
         transform_info["decoding"] = ("decoded cache; resize, flip and scaling on the run's device "
                                       "(torch antialiased bilinear)")
     info = {**info, "split_hash": split_hash((rel for rel, _ in train), (rel for rel, _ in test)),
             "n_train": len(train), "n_test": len(test), **transform_info}
-    return ClassIncrementalData(num_classes, train_set, test_set, train_labels, test_labels, info)
+    return ClassIncrementalData(num_classes, train_set, test_set, train_labels, test_labels, info, train_plain)

@@ -3,7 +3,9 @@
 For each task t = 0 .. T-1 the protocol calls, in this order:
 
 1. ``begin_task(t, train_loader)`` under ``torch.no_grad()``: prepare for the task (e.g. InfLoRA
-   designs its subspace from a pass over the data). ``current_task`` is already t.
+   designs its subspace from a pass over the data). ``current_task`` is already t. The loader is
+   the task's training loader, or with ``hook_transform = "test"`` the same images under the test
+   transform in a fixed order (also for ``end_task``).
 2. ``trainable_parameters(t)``: the parameter groups to optimise. The protocol freezes every
    other parameter, builds a fresh optimiser and schedule for the task, and steps them.
 3. ``training_loss(x, y, t)`` for every batch: the loss of one batch. Labels are global class
@@ -88,6 +90,10 @@ class Method(nn.Module):
     # timm pretrained tag of ViT-B/16 in the method's reference code (used when --backbone vit-b16);
     # default: the CODA-Prompt code's (timm 0.4.12 vit_base_patch16_224)
     pretrained_tag: ClassVar[str] = "augreg_in21k_ft_in1k"
+    # the view of the task's training images that begin_task / end_task receive: "train" (the
+    # shuffled training loader, with augmentation, as InfLoRA's code) or "test" (the same images
+    # in fixed order under the test transform, as SimpleCIL's and RanPAC's class statistics)
+    hook_transform: ClassVar[str] = "train"
 
     def __init__(self, backbone: nn.Module, task_sizes: list[int], cfg: MethodConfig):
         super().__init__()
