@@ -33,7 +33,7 @@ DATA_PREFIX = "data."
 _NOT_HASHED = ("device", "data_root", "num_workers", "compile")
 _NOT_HASHED_DATA = ("cache_dir",)  # data options likewise
 # Data options that enter the run id only when set otherwise (earlier run ids stay as they were)
-_HASHED_UNLESS = {"decoded_cache": False}
+_HASHED_UNLESS = {"decoded_cache": False, "val_fraction": 0.0}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +65,9 @@ class RunConfig:
     data_root: str | None = None
     num_workers: int = 0
     compile: bool = False  # torch.compile the training step and prediction (--compile)
+    # digest of a generated data set's generator settings (synth), so that results of other images
+    # never share a run id or a table cell with these; None for data read from disk
+    data_identity: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +157,7 @@ def resolve(method: str, dataset: str = "synth", n_tasks: int | None = None, see
 
     run_fields["backbone"] = resolve_backbone_name(run_fields.get("backbone") or dataset_cls.default_backbone,
                                                    method_cls.pretrained_tag)
+    run_fields["data_identity"] = dataset_cls.identity()
     config = RunConfig(method=method, dataset=dataset, n_tasks=n_tasks, seed=seed, preset=preset,
                        hparams=hparams, data_options=data_options, **run_fields)
     validate(config)
@@ -174,6 +178,8 @@ def validate(config: RunConfig) -> None:
         (config.num_workers >= 0, f"num_workers must be non-negative, got {config.num_workers}"),
         (hp.get("rank", 1) >= 1, f"rank must be at least 1, got {hp.get('rank')}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
+        (0 <= config.data_options.get("val_fraction", 0) < 1,
+         f"data.val_fraction must be in [0, 1), got {config.data_options.get('val_fraction')}"),
         (config.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {config.precision!r}"),
     ]
     for ok, message in checks:

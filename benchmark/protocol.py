@@ -29,7 +29,7 @@ from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
 from benchmark.schedules import epoch_lr_factor
 from benchmark.registry import DATASETS, METHODS
-from datasets.base import Loader, TaskSplit
+from datasets.base import Loader, TaskSplit, hold_out_validation
 from methods.base import Method
 
 EVAL_BATCH_SIZE = 256
@@ -212,6 +212,8 @@ def build_run(config: RunConfig, device: torch.device) -> tuple[TaskSplit, Metho
     if getattr(options, "image_size", 0) is None:  # image data sets: the backbone's input size
         options = dataclasses.replace(options, image_size=backbone_input_size(config.backbone))
     data = dataset_cls.load(options, config.data_root)
+    if options.val_fraction > 0:
+        data = hold_out_validation(data, options.val_fraction)
     method_cls = METHODS.get(config.method)
     n_tasks = 1 if method_cls.single_task else config.n_tasks
     split = TaskSplit(data, n_tasks, config.seed, config.shuffle_classes, config.dataset)

@@ -42,7 +42,10 @@ def collect(results_dir: str | Path, datasets: list[str] | None = None,
     for result in store.load_results(results_dir, warn=warn):
         if datasets and result["dataset"] not in datasets or methods and result["method"] not in methods:
             continue
-        rows.append({"dataset": result["dataset"], "n_tasks": result["n_tasks"], "method": result["method"],
+        # a run evaluated on held-out training images (data.val_fraction) is never shown as a test result
+        validation = result.get("data_info", {}).get("evaluated_on") == "validation"
+        rows.append({"dataset": result["dataset"] + (" (validation)" if validation else ""),
+                     "n_tasks": result["n_tasks"], "method": result["method"],
                      "seed": result["seed"], "group": config_group(result.get("config", {})),
                      "upper_bound": bool(result.get("upper_bound", False)), "run_id": result["run_id"],
                      "step_acc": result.get("step_acc") or [result["final_acc"]],

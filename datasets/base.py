@@ -197,6 +197,50 @@ class Loader:
             yield device_batch(items, self.device), labels
 
 
+VALIDATION_SEED = 7  # the held-out images are the same for every run seed
+
+
+class ItemSubset(Subset):
+    """``torch.utils.data.Subset`` that keeps the base data set's ``device_batch`` (see ``Loader``)."""
+
+    @property
+    def device_batch(self) -> Callable[[list[Any], torch.device], torch.Tensor] | None:
+        return getattr(self.dataset, "device_batch", None)
+
+
+def take(dataset: Dataset, indices: np.ndarray) -> Dataset:
+    """The items ``indices`` of ``dataset`` (in-memory images stay in memory)."""
+    if isinstance(dataset, TensorImages):
+        index = torch.from_numpy(indices)
+        return TensorImages(dataset.images[index], dataset.labels[index])
+    return ItemSubset(dataset, indices.tolist())
+
+
+def hold_out_validation(data: ClassIncrementalData, fraction: float) -> ClassIncrementalData:
+    """The data with ``fraction`` of each class's training images (at least one, never all; a fixed
+    seeded draw, independent of the run seed) moved into the evaluation side: training uses the
+    rest, and evaluation reads the held-out images (under the test transform) instead of the test set."""
+    targets = np.asarray(data.train_targets)
+    keep, held = [], []
+    for label in range(data.num_classes):
+        members = np.nonzero(targets == label)[0]
+        n_val = int(round(fraction * len(members)))
+        if not 1 <= n_val < len(members):
+            raise ConfigError(f"data.val_fraction {fraction} holds out {n_val} of the {len(members)} training images "
+                              f"of class {label}; choose a fraction that leaves at least one on each side")
+        members = np.random.default_rng([VALIDATION_SEED, label]).permutation(members)
+        held.append(members[:n_val])
+        keep.append(members[n_val:])
+    keep, held = np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+    plain = data.train_plain if data.train_plain is not None else data.train
+    info = {**data.info, "evaluated_on": "validation", "val_fraction": fraction,
+            "n_train": len(keep), "n_validation": len(held)}
+    return ClassIncrementalData(
+        num_classes=data.num_classes, train=take(data.train, keep), test=take(plain, held),
+        train_targets=targets[keep], test_targets=targets[held], info=info,
+        train_plain=None if data.train_plain is None else take(data.train_plain, keep))
+
+
 class TaskSplit:
     """The tasks of one run: class order, per-task class ranges and per-task train/test data."""
 
@@ -235,6 +279,10 @@ class TaskSplit:
 class DatasetOptions:
     """Per-dataset options (``--set data.KEY=VALUE``); datasets subclass it."""
 
+    # > 0: hold out this fraction of each class's training images and evaluate on them instead of
+    # the test set (choosing recipes without looking at test data); see ``hold_out_validation``
+    val_fraction: float = 0.0
+
 
 class BenchmarkDataset:
     """A registered benchmark: class count, default task count and backbone, and its loader."""
@@ -257,6 +305,12 @@ class BenchmarkDataset:
             from datasets.images import check_data_root, check_dataset_folder
 
             check_dataset_folder(check_data_root(data_root) / cls.folder, cls.layout)
+
+    @classmethod
+    def identity(cls) -> str | None:
+        """A digest of how a generated data set's images are made (part of the run id); None for
+        data read from disk (their split and file hashes are recorded with each result)."""
+        return None
 
     @classmethod
     def load(cls, options: DatasetOptions, data_root: str | None) -> ClassIncrementalData:

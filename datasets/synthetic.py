@@ -4,21 +4,33 @@ A class is a fixed composition of three parts drawn from a shared vocabulary of 
 shapes (stroke, elongated blob, ring, grating patch, checker patch, cross, square outline,
 half-ring arc) and a 10-colour palette; each part has its own type, orientation, size, colour,
 offset from the object centre and texture period, drawn from a per-class seeded generator.
-Samples add nuisance: a two-colour gradient background, two full-contrast distractor
-primitives, a global shift (+-4 px), rotation (sigma 0.25 rad) and scale (0.85-1.15), part
-jitter (1 px, 0.12 rad), colour jitter, 10 % part dropout and pixel noise (sigma 0.06).
+
+How a sample is rendered around its class's object is a named, frozen ``RenderSettings``:
+
+* ``BORDER_CLUTTER`` (the benchmark's images): a small (x0.6), nearly centred object with low
+  nuisance, behind which ``clutter`` full-colour shapes of the whole vocabulary crowd a narrow band
+  along one random side of the image. The frozen pretrained features mix the clutter into every
+  token; adaptation can learn to ignore the band, a cue every task shares (as a rendition style is
+  shared by all of ImageNet-R's classes), so a linear probe of the frozen features stays far below
+  joint fine-tuning (README, "The synthetic benchmark").
+* ``CLASSIC`` (the pretext images the shipped backbone was pretrained on, and ``synth``'s images
+  before this benchmark was redesigned): a gradient background, two distractor shapes anywhere, a
+  shifted, rotated and scaled object with part jitter and dropout, colour jitter and pixel noise.
 
 Target classes (the benchmark) and *pretext* classes (used once to pretrain the tiny ViT
 backbone, see ``scripts/pretrain_synth_backbone.py``) come from the same vocabulary but from
 disjoint seed namespaces, so low-level structure is shared while class identity lives in the
 mid-level composition. Everything is a pure function of fixed seeds: the train/test split never
-changes and never depends on the run seed. Design facts: ``shared/reference/synthetic.md``.
+changes and never depends on the run seed. The digest of the benchmark's settings (``digest``) is
+part of every synth run's id. Design facts: ``shared/reference/synthetic.md``.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -30,7 +42,6 @@ from datasets.base import BenchmarkDataset, ClassIncrementalData, DatasetOptions
 
 IMAGE_SIZE = 32
 PARTS_PER_CLASS = 3
-N_DISTRACTORS = 2
 GENERATOR_SEED = 20241128
 TARGET, PRETEXT = 0, 1  # seed namespaces of the two disjoint class families
 TRAIN, TEST = 0, 1
@@ -57,6 +68,37 @@ PALETTE = np.array(
 # and adaptation has something to learn (as renditions do for an ImageNet-pretrained ViT).
 VOCABULARY = {TARGET: (len(PRIMITIVES), len(PALETTE)), PRETEXT: (5, 6)}
 _SOFT = 0.5  # edge softness of the masks, in pixels
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How a sample is drawn around its class's object (all lengths in pixels, angles in radians)."""
+
+    distractors: int  # full-contrast shapes of the namespace's vocabulary, anywhere
+    clutter: int  # full-contrast shapes of the whole vocabulary, in a band along one random side
+    clutter_band: tuple[float, float]  # clutter centres' distance from that side: U(lo, hi)
+    object_scale: float  # multiplies part sizes, offsets and texture periods
+    shift: float  # object centre: U(-shift, shift) per axis
+    rotation: float  # sigma of the object's rotation
+    part_jitter: float  # sigma of each part's position jitter
+    part_angle_jitter: float  # sigma of each part's angle jitter
+    colour_jitter: float  # sigma of each part's colour jitter
+    part_dropout: float  # probability that a part is not drawn
+    noise: float  # sigma of the pixel noise
+
+    def digest(self) -> str:
+        """Short digest of the settings: what identifies the images they render."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+CLASSIC = RenderSettings(distractors=2, clutter=0, clutter_band=(0.0, 0.0), object_scale=1.0, shift=4.0,
+                         rotation=0.25, part_jitter=1.0, part_angle_jitter=0.12, colour_jitter=0.08,
+                         part_dropout=0.1, noise=0.06)
+BORDER_CLUTTER = RenderSettings(distractors=0, clutter=14, clutter_band=(0.5, 7.0), object_scale=0.6, shift=2.0,
+                                rotation=0.15, part_jitter=0.5, part_angle_jitter=0.12, colour_jitter=0.04,
+                                part_dropout=0.0, noise=0.02)
+BENCHMARK_RENDER_NAME = "border-clutter"  # the benchmark's images; the pretext keeps CLASSIC
+BENCHMARK_RENDER = BORDER_CLUTTER
+
 _CHUNK = 4096  # images rendered per vectorised batch (bounds memory)
 
 
@@ -122,7 +164,8 @@ def _paint(canvas: np.ndarray, kinds: np.ndarray, centre: np.ndarray, angle: np.
         canvas[idx] = canvas[idx] * (1 - alpha) + alpha * colour[idx, None, None, :]
 
 
-def _render_chunk(labels: np.ndarray, namespace: int, rng: np.random.Generator) -> np.ndarray:
+def _render_chunk(labels: np.ndarray, namespace: int, rng: np.random.Generator,
+                  settings: RenderSettings) -> np.ndarray:
     """Render one image per label; returns uint8 (N, 3, H, W)."""
     n = len(labels)
     comps = [class_parts(int(c), namespace) for c in range(int(labels.max()) + 1)]
@@ -138,37 +181,58 @@ def _render_chunk(labels: np.ndarray, namespace: int, rng: np.random.Generator) 
 
     # distractors: random primitives of the namespace's vocabulary at random places, full contrast
     n_types, n_colours = VOCABULARY[namespace]
-    for _ in range(N_DISTRACTORS):
+    for _ in range(settings.distractors):
         _paint(canvas, rng.integers(0, n_types, n), rng.uniform(2, IMAGE_SIZE - 2, (n, 2)),
                rng.uniform(0, np.pi, n), rng.uniform(2.0, 4.5, n), rng.uniform(2.5, 5.0, n),
                PALETTE[rng.integers(0, n_colours, n)], np.ones(n, dtype=bool))
+    if settings.clutter:
+        _paint_clutter(canvas, rng, settings)
 
     # the object: the class's parts under a global similarity transform plus per-part jitter
-    shift = rng.uniform(-4, 4, (n, 2))
-    rot = rng.normal(0, 0.25, n)
-    scale = rng.uniform(0.85, 1.15, n)
+    shift = rng.uniform(-settings.shift, settings.shift, (n, 2))
+    rot = rng.normal(0, settings.rotation, n)
+    scale = rng.uniform(0.85, 1.15, n) * settings.object_scale
     cos, sin = np.cos(rot), np.sin(rot)
     centre0 = (IMAGE_SIZE - 1) / 2 + shift
     for part in range(PARTS_PER_CLASS):
         off = table["offset"][labels, part]
         rotated = np.stack([cos * off[:, 0] - sin * off[:, 1], sin * off[:, 0] + cos * off[:, 1]], 1)
-        centre = centre0 + scale[:, None] * rotated + rng.normal(0, 1.0, (n, 2))
-        colour = np.clip(PALETTE[table["colour"][labels, part]] + rng.normal(0, 0.08, (n, 3)), 0, 1)
+        centre = centre0 + scale[:, None] * rotated + rng.normal(0, settings.part_jitter, (n, 2))
+        colour = np.clip(PALETTE[table["colour"][labels, part]] + rng.normal(0, settings.colour_jitter, (n, 3)),
+                         0, 1)
         _paint(canvas, table["type"][labels, part], centre,
-               table["angle"][labels, part] + rot + rng.normal(0, 0.12, n),
+               table["angle"][labels, part] + rot + rng.normal(0, settings.part_angle_jitter, n),
                table["size"][labels, part] * scale, table["period"][labels, part] * scale,
-               colour.astype(np.float32), rng.uniform(0, 1, n) >= 0.1)
+               colour.astype(np.float32), rng.uniform(0, 1, n) >= settings.part_dropout)
 
-    canvas += rng.normal(0, 0.06, canvas.shape).astype(np.float32)
+    canvas += rng.normal(0, settings.noise, canvas.shape).astype(np.float32)
     return (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 3, 1, 2)
 
 
-def generate(num_classes: int, per_class: int, split: int, namespace: int = TARGET,
-             stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _paint_clutter(canvas: np.ndarray, rng: np.random.Generator, settings: RenderSettings) -> None:
+    """``settings.clutter`` shapes of the whole vocabulary (every type, every colour, full contrast)
+    with centres in a band along one random side of each image, painted before the object."""
+    n = len(canvas)
+    side = rng.integers(0, 4, n)  # 0 top, 1 bottom, 2 left, 3 right
+    lo, hi = settings.clutter_band
+    for _ in range(settings.clutter):
+        depth = rng.uniform(lo, hi, n)  # distance from the side
+        along = rng.uniform(0, IMAGE_SIZE, n)
+        far = IMAGE_SIZE - 1 - depth
+        x = np.select([side == 0, side == 1, side == 2], [along, along, depth], far)
+        y = np.select([side == 0, side == 1, side == 2], [depth, far, along], along)
+        _paint(canvas, rng.integers(0, len(PRIMITIVES), n), np.stack([x, y], 1), rng.uniform(0, np.pi, n),
+               rng.uniform(2.0, 4.5, n), rng.uniform(2.5, 5.0, n), PALETTE[rng.integers(0, len(PALETTE), n)],
+               np.ones(n, dtype=bool))
+
+
+def generate(num_classes: int, per_class: int, split: int, namespace: int = TARGET, stream: int = 0,
+             settings: RenderSettings = CLASSIC) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of ``per_class`` samples per class.
 
-    Deterministic in (namespace, split, stream): the same call always returns the same arrays.
-    ``stream`` selects further independent draws (the pretraining script uses one per epoch).
+    Deterministic in (namespace, split, stream, settings): the same call always returns the same
+    arrays. ``stream`` selects further independent draws (the pretraining script uses one per
+    epoch). The default settings are the pretext's (``CLASSIC``); the benchmark passes its own.
     """
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
     order = np.random.default_rng([GENERATOR_SEED, namespace, split, stream, 0]).permutation(len(labels))
@@ -176,7 +240,7 @@ def generate(num_classes: int, per_class: int, split: int, namespace: int = TARG
     chunks = []
     for i, start in enumerate(range(0, len(labels), _CHUNK)):
         rng = np.random.default_rng([GENERATOR_SEED, namespace, split, stream, i + 1])
-        chunks.append(_render_chunk(labels[start:start + _CHUNK], namespace, rng))
+        chunks.append(_render_chunk(labels[start:start + _CHUNK], namespace, rng, settings))
     return np.concatenate(chunks), labels
 
 
@@ -195,8 +259,8 @@ class SynthOptions(DatasetOptions):
 
 @functools.lru_cache(maxsize=4)
 def _cached_split(num_classes: int, train_per_class: int, test_per_class: int):
-    x_train, y_train = generate(num_classes, train_per_class, TRAIN)
-    x_test, y_test = generate(num_classes, test_per_class, TEST)
+    x_train, y_train = generate(num_classes, train_per_class, TRAIN, settings=BENCHMARK_RENDER)
+    x_test, y_test = generate(num_classes, test_per_class, TEST, settings=BENCHMARK_RENDER)
     return x_train, y_train, x_test, y_test
 
 
@@ -211,6 +275,11 @@ class SynthBenchmark(BenchmarkDataset):
     Options = SynthOptions
 
     @classmethod
+    def identity(cls) -> str:
+        """``BENCHMARK_RENDER``'s digest with the generator seed and image size."""
+        return f"{BENCHMARK_RENDER.digest()}-{GENERATOR_SEED}-{IMAGE_SIZE}"
+
+    @classmethod
     def load(cls, options: SynthOptions, data_root: str | None) -> ClassIncrementalData:
         x_train, y_train, x_test, y_test = _cached_split(cls.num_classes, options.train_per_class,
                                                          options.test_per_class)
@@ -219,5 +288,6 @@ class SynthBenchmark(BenchmarkDataset):
             train=TensorImages(torch.from_numpy(x_train), torch.from_numpy(y_train)),
             test=TensorImages(torch.from_numpy(x_test), torch.from_numpy(y_test)),
             train_targets=y_train, test_targets=y_test,
-            info={"generator_seed": GENERATOR_SEED, "image_size": IMAGE_SIZE},
+            info={"generator_seed": GENERATOR_SEED, "image_size": IMAGE_SIZE, "render": BENCHMARK_RENDER_NAME,
+                  "render_settings": asdict(BENCHMARK_RENDER), "identity": cls.identity()},
         )

@@ -179,3 +179,13 @@ def test_options_that_do_not_change_the_computation_do_not_split_a_cell():
            "data_options": {"split_seed": 0, "decoded_cache": False, "cache_dir": "/scratch/c"}}
     cached = {**new, "data_options": {"split_seed": 0, "decoded_cache": True}}
     assert report.config_group(old) == report.config_group(new) != report.config_group(cached)
+
+
+def test_validation_runs_are_reported_apart_from_test_results(results_dir):
+    store.write_result(results_dir, _result("inflora", 0, 50.0, 60.0))
+    validation = {**_result("inflora", 1, 90.0, 95.0), "run_id": "inflora_val", "data_info": {"evaluated_on": "validation"}}
+    validation["config"]["data_options"] = {"val_fraction": 0.1}
+    store.write_result(results_dir, validation)
+    table = report.aggregate(report.collect(results_dir))
+    assert sorted(table["dataset"]) == ["synth", "synth (validation)"]
+    assert table.set_index("dataset").loc["synth", "final_acc_mean"] == 50.0

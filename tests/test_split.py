@@ -126,3 +126,41 @@ def test_augmentation_is_seeded_per_item_whatever_the_workers_and_the_start():
     torch.manual_seed(0)
     again = epoch_batches(single, 0)  # the global RNG neither feeds nor is moved by the draws
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and torch.equal(torch.rand(1), expected)
+
+
+def test_a_validation_split_holds_out_a_fixed_fraction_of_each_class():
+    from datasets.base import hold_out_validation
+
+    labels = torch.arange(4).repeat_interleave(10)
+    images = torch.arange(40).view(-1, 1, 1, 1).to(torch.uint8)  # pixel = image index
+    test = TensorImages(torch.full((8, 1, 1, 1), 255, dtype=torch.uint8), torch.arange(4).repeat(2))
+    data = ClassIncrementalData(4, TensorImages(images, labels), test, labels.numpy(), test.labels.numpy())
+    held = hold_out_validation(data, 0.2)
+    assert np.bincount(held.test_targets).tolist() == [2] * 4 and np.bincount(held.train_targets).tolist() == [8] * 4
+    train_ids, val_ids = set(held.train.images.flatten().tolist()), set(held.test.images.flatten().tolist())
+    assert not train_ids & val_ids and train_ids | val_ids == set(range(40))  # a partition of the training images
+    assert (held.test.labels == labels[held.test.images.flatten().long()]).all()  # labels travel with images
+    assert held.info["evaluated_on"] == "validation" and held.info["n_validation"] == 8
+    again = hold_out_validation(data, 0.2)  # the same images every time (independent of the run seed)
+    assert torch.equal(again.test.images, held.test.images)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        hold_out_validation(_data(num_classes=4, per_class=3), 0.1)  # rounds to no image
+
+
+def test_a_validation_run_trains_on_the_rest_and_evaluates_on_the_held_out_images():
+    from benchmark import protocol
+    from tests.conftest import tiny_config
+
+    plain = tiny_config("frozen", **{"data.train_per_class": 10})
+    validated = tiny_config("frozen", **{"data.train_per_class": 10, "data.val_fraction": "0.2"})
+    assert plain.run_id() != validated.run_id()
+    assert tiny_config("frozen", **{"data.train_per_class": 10, "data.val_fraction": "0"}).run_id() == plain.run_id()
+    split, _ = protocol.build_run(validated, torch.device("cpu"))
+    assert split.data.info["evaluated_on"] == "validation"
+    assert len(split.test_set(0)) == 20 * 2 and len(split.train_set(0)) == 20 * 8
+    train = {bytes(x.numpy()) for x in split.train_set(0).images}
+    assert not train & {bytes(x.numpy()) for x in split.test_set(0).images}
+    full, _ = protocol.build_run(plain, torch.device("cpu"))
+    assert {bytes(x.numpy()) for x in split.test_set(0).images} <= {bytes(x.numpy()) for x in full.train_set(0).images}
+    with pytest.raises(ConfigError, match=r"data.val_fraction must be in \[0, 1\)"):
+        tiny_config("frozen", **{"data.val_fraction": "1.5"})

@@ -58,3 +58,53 @@ def test_results_record_the_digest_of_the_unwrapped_backbone():
 
     _, method = protocol.build_run(tiny_config("inflora", pretrained=True), torch.device("cpu"))
     assert method.backbone_digest == json.loads(SYNTH_VIT_META.read_text())["weights_digest"]
+
+
+def test_the_pretext_keeps_the_classic_rendering_the_shipped_backbone_was_pretrained_on():
+    import hashlib
+
+    from datasets.synthetic import CLASSIC
+
+    x, y = generate(20, 30, TRAIN, PRETEXT, stream=3)
+    assert np.array_equal(x, generate(20, 30, TRAIN, PRETEXT, stream=3, settings=CLASSIC)[0])
+    # pinned before the renderer took settings: the pretext images are unchanged
+    assert hashlib.sha256(x.tobytes()).hexdigest()[:16] == "b21316d9361c3b39"
+    assert hashlib.sha256(y.tobytes()).hexdigest()[:16] == "b7dba5b1351dc14f"
+
+
+def test_the_benchmark_renders_border_clutter_and_records_it():
+    from datasets.synthetic import BORDER_CLUTTER, CLASSIC, SynthBenchmark, SynthOptions
+
+    data = SynthBenchmark.load(SynthOptions(train_per_class=2, test_per_class=1), None)
+    x, _ = generate(100, 2, TRAIN, settings=BORDER_CLUTTER)
+    assert np.array_equal(data.train.images.numpy(), x)
+    assert not np.array_equal(x, generate(100, 2, TRAIN, settings=CLASSIC)[0])
+    assert data.info["render"] == "border-clutter" and data.info["render_settings"]["clutter"] == BORDER_CLUTTER.clutter
+    assert data.info["identity"] == SynthBenchmark.identity() and BORDER_CLUTTER.digest() in SynthBenchmark.identity()
+
+
+def test_clutter_stays_in_a_band_along_one_side():
+    from datasets.synthetic import BORDER_CLUTTER, IMAGE_SIZE, _paint_clutter
+
+    canvas = np.zeros((400, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    _paint_clutter(canvas, np.random.default_rng(0), BORDER_CLUTTER)
+    ink = canvas.max(-1) > 0.2  # where a clutter shape visibly painted (N, H, W); black shapes aside
+    depth = int(BORDER_CLUTTER.clutter_band[1]) + 8  # band depth + the largest shape's visible reach
+    assert depth < IMAGE_SIZE // 2
+    inside = np.stack([~ink[:, depth:].any((1, 2)), ~ink[:, :-depth].any((1, 2)),  # top, bottom band
+                       ~ink[:, :, depth:].any((1, 2)), ~ink[:, :, :-depth].any((1, 2))], 1)  # left, right
+    assert ink.any((1, 2)).all() and inside.any(1).all()  # every image's clutter lies along one side
+    assert (inside.sum(0) > 60).all()  # and every side is used
+
+
+def test_the_generator_settings_are_part_of_the_run_id(monkeypatch):
+    import dataclasses
+
+    from datasets import synthetic
+    from tests.conftest import tiny_config
+
+    before = tiny_config("frozen")
+    monkeypatch.setattr(synthetic, "BENCHMARK_RENDER", dataclasses.replace(synthetic.BORDER_CLUTTER, clutter=8))
+    after = tiny_config("frozen")
+    assert before.data_identity != after.data_identity and before.run_id() != after.run_id()
+    assert before.seed == after.seed and tiny_config("frozen", seed=1).data_identity == after.data_identity
