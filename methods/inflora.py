@@ -26,7 +26,10 @@ Where the official code and the paper differ, this follows the code (see the ref
   code's domain variant does. The code trains DomainNet with SGD (lr 5e-3 branch / 1e-2 head,
   x0.1 at epoch 4); this harness uses the paper's Adam recipe by default, and the code's recipe
   is one option away: ``--set optimizer=sgd --set lr=5e-3 --set head_lr=1e-2 --set schedule=step
-  --set milestones=4``;
+  --set milestones=4``; the code's SGD path on the other data sets steps torch's
+  CosineAnnealingLR(T_max=epochs) per epoch: ``--set optimizer=sgd --set schedule=cosine-annealing``;
+* the Adam path's per-epoch cosine is ``schedule=coda-cosine`` (the default), as the code runs it:
+  epochs 0 and 1 at the full rate (``benchmark/schedules.py``);
 * ``inflora-b5`` runs plain GPM (no dual switch), as methods/inflorab5.py does.
 Implementation choices that do not change the mathematics: the frozen branches of past tasks
 are folded into the weight while task t trains (flat cost per step), and evaluation runs on
@@ -64,7 +67,7 @@ class InfLoRAConfig(MethodConfig):
                               f"eps_start={self.eps_start}, eps_end={self.eps_end}")
 
 
-# Official configs (liangyanshuo/InfLoRA configs/*.json), Adam, batch 128, per-epoch cosine.
+# Official configs (liangyanshuo/InfLoRA configs/*.json), Adam, batch 128, per-epoch coda-cosine.
 INFLORA_DEFAULTS = {
     "synth": dict(epochs=3, lr=1e-2, eps_start=0.95),
     "cifar100": dict(epochs=20, lr=5e-4, eps_start=0.95),

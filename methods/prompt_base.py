@@ -30,7 +30,7 @@ from benchmark.errors import ConfigError
 from methods.base import Method, MethodConfig, TaskHeads
 from methods.prefix import Prefix, add_prefix_attention, prefixes
 
-# The CODA-Prompt code's recipe for all three methods: Adam, lr 1e-3, batch 128, per-epoch cosine,
+# The CODA-Prompt code's recipe for all three methods: Adam, lr 1e-3, batch 128, per-epoch coda-cosine,
 # 20 / 50 / 5 epochs; ImageNet-A has no reference config and takes the CIFAR-100 recipe. synth:
 # the README's CPU recipe ("The synthetic benchmark"); methods add their tiny-ViT block lists.
 CODA_CODE_RECIPES: dict[str, dict[str, Any]] = {
