@@ -7,9 +7,11 @@ its components: the worst case for "any number of tasks"), then times, after war
 alternation with the same work on a second, unwrapped copy of the frozen backbone (so the
 machine's speed drifts cancel; each figure is the median of 5 rounds):
 
-* a training step of the last task (autocast, ``training_loss``, backward, optimiser step), as the
-  protocol runs it, against the frozen backbone's forward + backward with input gradients only
-  (no weight gradients): ``train_ratio``;
+* a training step of the last task that trains (autocast, ``training_loss``, backward, optimiser
+  step), as the protocol runs it: the last task, or task 0 for a method that trains only on its
+  first (RanPAC), none for one that never trains (its train columns stay empty), against the
+  frozen backbone's forward + backward with input gradients only (no weight gradients):
+  ``train_ratio``;
 * evaluation (``predict`` without grad) against the frozen backbone's forward: ``eval_ratio``;
 * for InfLoRA, ``begin_task`` + ``end_task`` (two statistics passes, the design and the memory
   update) timed on two loader sizes and extrapolated linearly to the paper's per-task sample
@@ -103,6 +105,10 @@ def frozen_steps(backbone: torch.nn.Module, x: torch.Tensor, precision: str,
     return train_step, eval_step
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _batches(n: int, batch_size: int, size: int, task: int, device: torch.device) -> list:
     generator = torch.Generator().manual_seed(task)
     labels = torch.arange(batch_size) % CLASSES_PER_TASK + task * CLASSES_PER_TASK
@@ -146,19 +152,11 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
         protocol.run_hook(method.begin_task, task, loader, device, precision)
         if task < last:
             protocol.run_hook(method.end_task, task, loader, device, precision)
-    groups = protocol.declare_trainable(method, last)
-    optimizer = protocol.build_optimizer(groups, method.cfg)
-    x, y = _batches(1, batch_size, size, last, device)[0]
+    # the last task that trains (RanPAC trains on its first only; None: training-free on every task)
+    trained = next((t for t in (last, 0) if method.trainable_parameters(t)), None)
+    x, y = _batches(1, batch_size, size, last if trained is None else trained, device)[0]
     bound_train, bound_eval = frozen_steps(plain, x, precision, compile)
     training_loss, predict = (protocol.compiled(fn, compile) for fn in (method.training_loss, method.predict))
-
-    def train_step():
-        method.train()
-        with protocol.autocast(device, precision):
-            loss = training_loss(x, y, last)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
     @torch.no_grad()
     def eval_step():
@@ -166,14 +164,27 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
         with protocol.autocast(device, precision):
             predict(x)
 
-    train_img_s, bound_train_img_s, train_ratio = paired_throughput(train_step, bound_train, batch_size, device,
-                                                                    warmup, steps)
+    train_img_s = bound_train_img_s = train_ratio = None
+    if trained is not None:
+        optimizer = protocol.build_optimizer(protocol.declare_trainable(method, trained), method.cfg)
+
+        def train_step():
+            method.train()
+            with protocol.autocast(device, precision):
+                loss = training_loss(x, y, trained)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        train_img_s, bound_train_img_s, train_ratio = paired_throughput(train_step, bound_train, batch_size, device,
+                                                                        warmup, steps)
     eval_img_s, bound_eval_img_s, eval_ratio = paired_throughput(eval_step, bound_eval, batch_size, device,
                                                                  warmup, steps)
     row = {"method": name, "backbone": backbone_name, "device": str(device), "precision": precision,
-           "batch_size": batch_size, "compile": compile, "n_tasks": N_TASKS, "bound_train_img_s": round(bound_train_img_s, 1),
-           "bound_eval_img_s": round(bound_eval_img_s, 1), "train_img_s": round(train_img_s, 1),
-           "eval_img_s": round(eval_img_s, 1), "train_ratio": round(train_ratio, 3), "eval_ratio": round(eval_ratio, 3),
+           "batch_size": batch_size, "compile": compile, "n_tasks": N_TASKS, "train_task": trained,
+           "bound_train_img_s": _rounded(bound_train_img_s, 1), "bound_eval_img_s": round(bound_eval_img_s, 1),
+           "train_img_s": _rounded(train_img_s, 1), "eval_img_s": round(eval_img_s, 1),
+           "train_ratio": _rounded(train_ratio, 3), "eval_ratio": round(eval_ratio, 3),
            "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None}
     if design_times:
         per_sample = (design_times[1] - design_times[0]) / (2 * batch_size)

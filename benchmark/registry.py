@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 # Modules that register methods / datasets when imported, in table order.
 METHOD_MODULES = ("methods.frozen", "methods.seq_lora", "methods.inflora", "methods.l2p", "methods.dualprompt",
-                  "methods.coda_prompt", "methods.simplecil", "methods.sd_lora", "methods.joint")
+                  "methods.coda_prompt", "methods.simplecil", "methods.ranpac", "methods.sd_lora",
+                  "methods.joint")
 DATASET_MODULES = ("datasets.synthetic", "datasets.cifar100", "datasets.imagenet_r", "datasets.imagenet_a",
                    "datasets.domainnet")
 
