@@ -319,6 +319,21 @@ def test_the_ncm_head_is_cosine_to_class_means_of_the_test_view():
     assert RanPAC.hook_transform == "test"
 
 
+def test_ncm_without_phase1_predicts_as_simplecil():
+    from methods.simplecil import SimpleCIL, SimpleCILConfig
+
+    ours = make_method(petl="none", head="ncm", projection_dim=0)
+    theirs = SimpleCIL(ours.backbone, SIZES, SimpleCILConfig()).eval()  # the same frozen backbone
+    for method in (ours, theirs):
+        for task in range(2):
+            statistics_pass(method, task, batches(task))
+    x = torch.cat([b[0] for t in range(2) for b in batches(t, seed=3)])
+    logits = ours.predict(x).double()
+    assert torch.equal(logits.argmax(1), theirs.predict(x).argmax(1))
+    # the same cosines (SimpleCIL returns them minus each row's maximum)
+    torch.testing.assert_close(logits - logits.max(1, keepdim=True).values, theirs.predict(x), rtol=0, atol=1e-6)
+
+
 def test_bad_settings_are_one_line_config_errors():
     for settings, match in [({"petl": "lora"}, "petl must be one of"), ({"head": "svm"}, "head must be one of"),
                             ({"projection_dim": -1}, "projection_dim must be"),
