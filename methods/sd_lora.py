@@ -45,14 +45,16 @@ Choices of this harness (ours), none of which changes the mathematics:
   resize, not bicubic; CIFAR tested at Resize(224), not Resize(256) + CenterCrop(224)) and class
   order (not np.random.seed(1993)'s permutation); pixels in [0, 1] without mean/std, as the code.
   DomainNet's config is used although the code cannot run DomainNet (missing from its data list).
-``sd-lora-kd`` (PAPER Eq. 7-8, Alg. 1; not in the official code): every choice is ours. When task
-t+1 begins and direction t becomes a frozen, normalised one, d_t (the 2 x depth normalised
-directions as one vector) is projected on the kept past directions, c = argmin ||d_t - sum c_k
-d_k||; if the residual norm (unsquared) is <= ``kd_threshold`` (tau = 9e-4), alpha_k += alpha_t c_k
-(Delta alpha scaled by alpha_t, so the network is unchanged up to the residual) and direction t is
-dropped; magnitudes are kept across tasks (``keep_magnitudes``; with the code's reset the absorbed
-values would be lost) and only the new task's alpha starts at 0.8. The last task's direction is
-never assimilated (no task follows it).
+``sd-lora-kd`` (PAPER Eq. 7-8, Alg. 1 lines 10-12; not in the official code). After task t >= 1
+(``end_task``), d_t, the task's 2 x depth normalised directions U D / (||U||_F ||D||_F) as one
+vector, is projected on the kept past directions: c = argmin ||d_t - sum_k c_k d_k||; if the
+residual is <= ``kd_threshold`` (tau = 9e-4), alpha_k += alpha_t c_k for every kept k and direction
+t is dropped (never applied again, its alpha no longer trained), else it is kept. The harness's
+choices (ours, as the spec marks them): one vector over all projections per task (not one solve
+per block and projection), the residual norm unsquared, Delta alpha scaled by alpha_t (Eq. 8
+omits it; with it, the swap replaces alpha_t d_t, the normalised form task t's term takes from
+the next task on, up to the residual), and magnitudes kept across tasks (``keep_magnitudes``: the
+code's reset would discard the absorbed values), only the new task's alpha starting at 0.8.
 """
 
 from __future__ import annotations
@@ -181,12 +183,16 @@ class SDLoRA(Method):
     def begin_task(self, task: int, train_loader: Iterable) -> None:
         magnitudes = self.magnitudes
         magnitudes.live = task  # branch task - 1 becomes a frozen, normalised direction
-        if task > 1 and self.cfg.kd_threshold > 0:
-            self.assimilate(task - 1)
         for index, alpha in enumerate(magnitudes.values):
             if index == task or not self.cfg.keep_magnitudes:
                 alpha.fill_(self.cfg.init_magnitude)
 
+    def end_task(self, task: int, train_loader: Iterable) -> None:
+        """SD-LoRA-KD: try to assimilate the task's direction (SD-LoRA: nothing)."""
+        if task > 0 and self.cfg.kd_threshold > 0:
+            self.assimilate(task)
+
+    @torch.no_grad()
     def assimilate(self, task: int) -> None:
         """SD-LoRA-KD: fold direction ``task`` into the kept earlier ones if it lies in their span."""
         kept = [t for t in self.magnitudes.active() if t < task]

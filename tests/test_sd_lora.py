@@ -238,7 +238,8 @@ def test_kd_assimilates_a_direction_in_the_span_without_changing_the_network():
                     layer.branches[1].down[target].copy_(layer.branches[0].down[target])
             method.magnitudes.values[0].fill_(0.7)
             method.magnitudes.values[1].fill_(1.3)
-        begin_task_direct(method, 2)
+            method.end_task(1, [])  # KD: d_1 is assimilated into alpha_0
+        begin_task_direct(method, 2)  # the plain twin: direction 1 becomes alpha_1 d_1
         twins[threshold] = method
     kd, plain = twins[9e-4], twins[0.0]
     assert kd.magnitudes.dropped[1] and kd.magnitudes.active() == [0, 2] and plain.magnitudes.active() == [0, 1, 2]
