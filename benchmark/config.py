@@ -155,8 +155,9 @@ def resolve(method: str, dataset: str = "synth", n_tasks: int | None = None, see
 
     from benchmark.backbones import resolve_backbone_name  # torch/timm: imported only when resolving
 
-    run_fields["backbone"] = resolve_backbone_name(run_fields.get("backbone") or dataset_cls.default_backbone,
-                                                   method_cls.pretrained_tag)
+    # the reference weights of the method, per data set where its configs differ (RanPAC)
+    tag = method_cls.DATASET_PRETRAINED_TAGS.get(dataset, method_cls.pretrained_tag)
+    run_fields["backbone"] = resolve_backbone_name(run_fields.get("backbone") or dataset_cls.default_backbone, tag)
     run_fields["data_identity"] = dataset_cls.identity()
     config = RunConfig(method=method, dataset=dataset, n_tasks=n_tasks, seed=seed, preset=preset,
                        hparams=hparams, data_options=data_options, **run_fields)

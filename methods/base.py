@@ -90,6 +90,7 @@ class Method(nn.Module):
     # timm pretrained tag of ViT-B/16 in the method's reference code (used when --backbone vit-b16);
     # default: the CODA-Prompt code's (timm 0.4.12 vit_base_patch16_224)
     pretrained_tag: ClassVar[str] = "augreg_in21k_ft_in1k"
+    DATASET_PRETRAINED_TAGS: ClassVar[dict[str, str]] = {}  # data set -> tag, where it differs per data set
     # the view of the task's training images that begin_task / end_task receive: "train" (the
     # shuffled training loader, with augmentation, as InfLoRA's code) or "test" (the same images
     # in fixed order under the test transform, as SimpleCIL's and RanPAC's class statistics)

@@ -17,3 +17,5 @@ class JointLoRA(SeqLoRA):
 
     single_task = True
     upper_bound = True
+    # synth: its own choice on validation A_T (results/measured/synth_recipes.json); else seq-LoRA's
+    DATASET_DEFAULTS = {**SeqLoRA.DATASET_DEFAULTS, "synth": dict(epochs=3, lr=1e-2, head_lr=1e-2)}

@@ -46,10 +46,8 @@ Choices of this harness (ours), none of which changes the mathematics:
   factor that does not change the argmax);
 * DomainNet: the code runs it domain-incremental (6 domains x 345 classes, IN-1k + AdaptFormer);
   here it is the harness's class-incremental split with the same recipe: not comparable;
-* the backbone depends on the data set (IN-21k for CIFAR-100, IN-21k -> IN-1k for the others); a
-  method pins one ``pretrained_tag`` (IN-21k, CIFAR's), so ImageNet-R/-A and DomainNet runs need
-  ``--backbone vit_base_patch16_224.augreg_in21k_ft_in1k`` until the harness reads
-  ``DATASET_PRETRAINED_TAGS``.
+* the backbone depends on the data set (IN-21k for CIFAR-100, IN-21k -> IN-1k for the others):
+  ``DATASET_PRETRAINED_TAGS``, which the harness reads when resolving ``--backbone vit-b16``.
 Variants (the code's ablation rows, ``variant_of = "ranpac"``): ``ranpac-no-rp`` (row 6, h = f,
 "decorrelation only"), ``ranpac-no-phase1`` (row 4), ``ranpac-no-rp-no-phase1`` (row 3) and
 ``ranpac-ncm`` (row 5, cosine to class means after phase 1). Row 2 ("NCM only") is ``simplecil``

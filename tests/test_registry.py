@@ -48,7 +48,8 @@ def test_the_default_run_has_every_method_but_variants():
 
     defaults = METHODS.default_names()
     assert "inflora-b5" in METHODS.names() and "inflora-b5" not in defaults
-    assert {"frozen", "seq-lora", "inflora", "l2p", "dualprompt", "coda", "joint"} == set(defaults)
+    assert {"frozen", "seq-lora", "inflora", "l2p", "dualprompt", "coda", "simplecil", "ranpac", "sd-lora",
+            "joint"} == set(defaults)
     assert METHODS.canonical("coda-prompt") == "coda"
     configs = resolve_runs(build_parser().parse_args(["run", "--device", "cpu"]))
     assert [c.method for c in configs] == defaults
