@@ -1,8 +1,10 @@
 """End to end through the real command line on the synth preset (slow: about 2 minutes on 2 cores).
 
 Seed 0 on CPU is deterministic, so these are regression checks of what the README claims about
-the synthetic benchmark: sequential LoRA forgets (the joint bound is far above it), and InfLoRA
-ends higher and forgets less than sequential LoRA at the same budget.
+the synthetic benchmark: adaptation pays (InfLoRA far above the frozen backbone), sequential
+training forgets (the joint bound far above sequential LoRA), and InfLoRA forgets less than
+sequential LoRA at the same budget. (InfLoRA's A_T lead over sequential LoRA is within the seed
+noise on synth, README "The synthetic benchmark", so it is not asserted here.)
 """
 
 import json
@@ -33,7 +35,7 @@ def test_synth_preset_separates_the_methods(tmp_path):
     assert all(len(r["acc_matrix"]) == 10 for m, r in results.items() if m != "joint")
 
     assert results["joint"]["final_acc"] - results["seq-lora"]["final_acc"] >= 10
-    assert results["inflora"]["final_acc"] > results["seq-lora"]["final_acc"]
+    assert results["inflora"]["final_acc"] - results["frozen"]["final_acc"] >= 5
     assert results["inflora"]["forgetting"] < results["seq-lora"]["forgetting"]
 
 

@@ -406,3 +406,13 @@ def test_bench_times_the_first_session_or_no_training():
     assert rows["ranpac"]["train_task"] == 0 and rows["ranpac"]["train_img_s"] > 0  # phase 1 is what trains
     assert rows["ranpac-no-phase1"]["train_task"] is None and rows["ranpac-no-phase1"]["train_ratio"] is None
     assert all(row["eval_img_s"] > 0 for row in rows.values())
+
+
+def test_vit_b16_is_the_reference_backbone_of_each_data_set():
+    from benchmark.config import resolve
+
+    backbones = {d: resolve("ranpac", d, device="cpu").backbone for d in ("cifar100", "imagenet-r", "imagenet-a",
+                                                                           "domainnet")}
+    assert backbones["cifar100"] == "vit_base_patch16_224.augreg_in21k"
+    assert {backbones[d] for d in ("imagenet-r", "imagenet-a", "domainnet")} == {"vit_base_patch16_224.augreg_in21k_ft_in1k"}
+    assert resolve("inflora", "imagenet-r", device="cpu").backbone == "vit_base_patch16_224.augreg_in21k"  # unchanged
