@@ -1,6 +1,6 @@
 """The claims the ``synth`` benchmark is built to support, measured over seeds; prints the README's tables.
 
-    python scripts/synth_figures.py                  # seeds 0 1 2, ~25 min on 2 CPU cores
+    python scripts/synth_figures.py                  # seeds 0 1 2, all default methods
 
 Every registered method (variants aside) runs at its ``synth`` preset (recipes chosen on validation
 data by ``scripts/synth_recipes.py``) through the normal harness; runs are stored in
