@@ -87,8 +87,9 @@ def probes(seed: int) -> dict[str, float]:
     return out
 
 
-def method_result(method: str, seed: int, results_dir: str) -> dict:
-    config = resolve(method, "synth", seed=seed, device="cpu")
+def method_result(method: str, seed: int, results_dir: str, overrides: dict | None = None) -> dict:
+    """The stored result of ``method`` on synth (its preset plus ``overrides``), run if missing."""
+    config = resolve(method, "synth", seed=seed, device="cpu", overrides=overrides)
     path = store.result_path(results_dir, config.run_id())
     if path.is_file():
         return store.read_result(path)

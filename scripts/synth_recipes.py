@@ -26,8 +26,8 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import protocol, store  # noqa: E402
-from benchmark.config import resolve  # noqa: E402
+from benchmark import store  # noqa: E402
+from synth_figures import method_result  # noqa: E402  (scripts/ is on the path when run as a script)
 
 VAL_FRACTION = 0.1
 LORA_GRID = {"lr": [1e-3, 3e-3, 1e-2], "head_lr": [1e-2]}
@@ -49,14 +49,7 @@ def points(grid: dict[str, list]) -> list[dict]:
 
 
 def validation_result(method: str, seed: int, point: dict, results_dir: str) -> dict:
-    config = resolve(method, "synth", seed=seed, device="cpu",
-                     overrides={**point, "data.val_fraction": VAL_FRACTION})
-    path = store.result_path(results_dir, config.run_id())
-    if path.is_file():
-        return store.read_result(path)
-    result = protocol.run(config, progress=False)
-    store.write_result(results_dir, result)
-    return result
+    return method_result(method, seed, results_dir, {**point, "data.val_fraction": VAL_FRACTION})
 
 
 def main() -> int:
