@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tabulate import tabulate
 
@@ -33,8 +33,16 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without the usage block on errors: one line naming the problem, exit 2 (its
+    subcommand parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="run_benchmark.py",
         description="Continual-learning benchmark harness for PEFT methods on frozen ViTs. "
                     "With no arguments: every method (variants aside) on the synthetic benchmark, seed 0.",
@@ -163,9 +171,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def settings_not_defined(methods: list[str], overrides: dict[str, Any]) -> dict[str, list[str]]:
+    """Per method hyperparameter of ``overrides`` (``--set KEY=VALUE``), the selected methods whose
+    Config lacks it: they run without it. A key that none of several methods defines is an error
+    (with one method, ``resolve`` names the valid settings)."""
+    fields = {m: {f.name for f in dataclasses.fields(METHODS.get(m).Config)} for m in methods}
+    missing = {key: [m for m in methods if key not in fields[m]]
+               for key in overrides if not key.startswith(DATA_PREFIX)}
+    for key, lacking in missing.items():
+        if len(methods) > 1 and len(lacking) == len(methods):
+            raise ConfigError(f"unknown setting {key!r}: none of the selected methods ({', '.join(methods)}) "
+                              "has it; see `run_benchmark.py list --presets`")
+    return {key: lacking for key, lacking in missing.items() if lacking and len(methods) > 1}
+
+
 def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
-    """All run configurations of a ``run`` command, validated before anything runs."""
-    methods = args.methods or METHODS.default_names()
+    """All run configurations of a ``run`` command, validated before anything runs. A ``--set``
+    hyperparameter applies to the selected methods that define it (``settings_not_defined``)."""
+    methods = list(dict.fromkeys(METHODS.canonical(m) for m in args.methods or METHODS.default_names()))
     from benchmark.protocol import auto_device, resolve_device
 
     submitted = getattr(args, "launcher", "inline") != "inline"
@@ -173,7 +196,10 @@ def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
 
     if device != "auto":
         resolve_device(device)  # fail before anything runs
-    return [resolve(method, args.dataset, args.tasks, seed, args.preset, _overrides(args),
+    overrides = _overrides(args)
+    skipped = settings_not_defined(methods, overrides)
+    return [resolve(method, args.dataset, args.tasks, seed, args.preset,
+                    {k: v for k, v in overrides.items() if method not in skipped.get(k, ())},
                     backbone=args.backbone, backbone_weights=args.backbone_weights,
                     precision=args.precision, compile=args.compile, device=device, data_root=args.data_root,
                     num_workers=args.num_workers, shuffle_classes=not args.natural_order)
@@ -260,6 +286,7 @@ def command_run(args: argparse.Namespace) -> int:
     if args.max_parallel is not None and args.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     configs = resolve_runs(args)
+    store.check_results_dir(args.results_dir)
     submitted = args.launcher != "inline"
     if submitted:  # jobs may start in another folder
         args.results_dir = absolute(args.results_dir)
@@ -287,6 +314,12 @@ def command_run(args: argparse.Namespace) -> int:
     print(results_table(results))
     print("\nA_T, A_bar: sample-weighted (accuracy over all seen test images); task-mean: mean over tasks; "
           "forgetting: max-based, in points")
+    settings = dict(args.set)
+    methods = list(dict.fromkeys(c.method for c in configs))
+    for key, lacking in settings_not_defined(methods, settings).items():
+        touched = [m for m in methods if m not in lacking]
+        print(f"--set {key}={settings[key]} applied to {', '.join(touched)}; "
+              f"{', '.join(lacking)} have no {key!r} and ran without it")
     return 1 if failures else 0
 
 
@@ -294,6 +327,7 @@ def command_status(args: argparse.Namespace) -> int:
     from benchmark import job_status, launcher
     from benchmark.job import RunSpec
 
+    store.check_results_dir(args.results_dir, writable=False)
     records = job_status.read_records(args.results_dir)
     if not records:
         raise ConfigError(f"no submitted runs under {job_status.jobs_dir(args.results_dir)}; "
@@ -327,6 +361,7 @@ def command_status(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from benchmark import report
 
+    store.check_results_dir(args.results_dir, writable=False)
     runs = report.collect(args.results_dir, args.dataset, args.methods)
     table = report.aggregate(runs)
     if args.with_published:
@@ -366,6 +401,7 @@ def command_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be non-negative, got {args.warmup}")
+    store.check_results_dir(args.results_dir)
     methods = [METHODS.canonical(m) for m in args.methods] if args.methods else \
         [m for m in METHODS.default_names() if not METHODS.get(m).upper_bound]
     run_bench(methods, args.backbone, args.batch_size, args.precision, resolve_device(auto_device(args.device)),

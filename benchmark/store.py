@@ -15,12 +15,31 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from benchmark.errors import ConfigError
+
 REQUIRED_KEYS = ("run_id", "method", "dataset", "n_tasks", "seed", "acc_matrix", "final_acc", "avg_acc",
                  "timings")
 
 
 def runs_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
+
+
+def check_results_dir(results_dir: str | Path, writable: bool = True) -> None:
+    """A one-line ``ConfigError`` when ``results_dir`` cannot hold results: it is a file, or (when
+    ``writable``) it cannot be created or written to. Creates the folder when it is missing."""
+    path = Path(results_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--results-dir {path} is a file, not a folder; name a folder (it is created if missing)")
+    if not writable:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--results-dir {path} cannot be written ({err.strerror}: {err.filename}); "
+                          "name a folder you can write to") from None
 
 
 def result_path(results_dir: str | Path, run_id: str) -> Path:

@@ -83,3 +83,58 @@ def test_nan_loss_fails_the_run_without_writing_a_result(monkeypatch, capsys, re
     assert main(["--methods", "frozen", "--results-dir", str(results_dir)] + TINY) == 1
     assert "error: frozen: loss is inf at task 1" in capsys.readouterr().err
     assert not list(store.runs_dir(results_dir).glob("*.json"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "fp16"], "argument --precision: invalid choice: 'fp16'"),
+    (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    (["run", "--launcher", "k8s"], "argument --launcher: invalid choice: 'k8s'"),
+    (["report", "--format", "docx"], "argument --format: invalid choice: 'docx'"),
+    (["bench", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+])
+def test_argparse_errors_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "usage:" not in err
+
+
+@pytest.mark.parametrize("command", [["--methods", "frozen", *TINY], ["report"], ["status"],
+                                     ["bench", "--methods", "frozen", "--steps", "1", "--device", "cpu"]])
+def test_results_dir_naming_a_file_is_one_line_and_exit_2(command, tmp_path, capsys):
+    not_a_folder = tmp_path / "results.txt"
+    not_a_folder.write_text("mine")
+    assert main(command + ["--results-dir", str(not_a_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --results-dir {not_a_folder} is a file, not a folder; name a folder (it is created if missing)"
+    assert not_a_folder.read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc"])
+def test_unwritable_results_dir_is_one_line_and_exit_2(where, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "file" / "results" if where == "under a file" else "/proc/clpeft-results"
+    assert main(["--methods", "frozen", *TINY, "--results-dir", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --results-dir {folder} cannot be written (") and "\n" not in err
+
+
+def test_a_set_applies_to_the_methods_that_define_it_and_the_table_says_so(capsys, results_dir):
+    from benchmark.cli import build_parser, resolve_runs
+
+    args = ["--methods", "frozen", "seq-lora", "--set", "rank=3", "--results-dir", str(results_dir), *TINY]
+    plain = {c.method: c for c in resolve_runs(build_parser().parse_args(["run", *args[:3], *args[5:]]))}
+    configs = {c.method: c for c in resolve_runs(build_parser().parse_args(["run", *args]))}
+    assert configs["seq-lora"].hparams["rank"] == 3 and "rank" not in configs["frozen"].hparams
+    assert configs["frozen"].hparams == plain["frozen"].hparams
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "--set rank=3 applied to seq-lora; frozen have no 'rank' and ran without it" in out
+
+
+def test_a_set_that_no_selected_method_defines_names_them(capsys, results_dir):
+    assert main(["--methods", "frozen", "simplecil", "--set", "rank=3", "--results-dir", str(results_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: unknown setting 'rank': none of the selected methods (frozen, simplecil) has it; "
+                   "see `run_benchmark.py list --presets`")
