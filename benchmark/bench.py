@@ -16,6 +16,11 @@ machine's speed drifts cancel; each figure is the median of 5 rounds):
 * for InfLoRA, ``begin_task`` + ``end_task`` (two statistics passes, the design and the memory
   update) timed on two loader sizes and extrapolated linearly to the paper's per-task sample
   count, as a fraction of that task's training time at the paper's epochs: ``design_fraction``.
+* for RanPAC's ridge head, the per-task solve (``absorb``: G and Q updated, lambda chosen from the
+  grid with one eigendecomposition, the readout solved) on the paper's per-task sample count of
+  random features, once, in seconds (``solve_s``) and as a fraction of a training-free task, the
+  solve plus the statistics pass over those samples at the frozen forward's speed
+  (``solve_fraction``).
 
 Peak memory is CUDA's allocator peak per method; on CPU it is not measured (``None``).
 """
@@ -126,6 +131,20 @@ def _hooks_seconds(method, task: int, loader: list, precision: str) -> float:
     return time.perf_counter() - start
 
 
+def ridge_solve_seconds(method, task: int, samples: int) -> float:
+    """Seconds of one ``absorb`` (RanPAC's statistics update, lambda search and solve) of task
+    ``task`` on ``samples`` random non-negative features (the cost does not depend on the values)."""
+    generator = torch.Generator().manual_seed(task)
+    features = torch.randn(samples, method.feature_dim, generator=generator).abs().to(method.device)
+    first = sum(method.task_sizes[:task])
+    labels = (torch.arange(samples) % method.task_sizes[task] + first).to(method.device)
+    _sync(method.device)
+    start = time.perf_counter()
+    method.absorb(task, features, labels)
+    _sync(method.device)
+    return time.perf_counter() - start
+
+
 def bench_method(name: str, backbone_name: str, batch_size: int, precision: str, device: torch.device,
                  warmup: int, steps: int, compile: bool = False) -> dict[str, Any]:
     """One row of the benchmark for method ``name``; the bounds run on a second, unwrapped copy
@@ -192,6 +211,10 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
         design_s = fixed + per_sample * PAPER_TASK_SAMPLES
         task_train_s = PAPER_EPOCHS * PAPER_TASK_SAMPLES / train_img_s
         row["design_fraction"] = round(design_s / task_train_s, 4)
+    if getattr(method.cfg, "head", None) == "ridge":
+        solve_s = ridge_solve_seconds(method, last, PAPER_TASK_SAMPLES)
+        row["solve_s"] = round(solve_s, 3)
+        row["solve_fraction"] = round(solve_s / (solve_s + PAPER_TASK_SAMPLES / bound_eval_img_s), 4)
     return row
 
 
@@ -224,11 +247,12 @@ def run_bench(methods: list[str], backbone: str, batch_size: int, precision: str
                              "steps": steps})
     table = [[r["method"], r["train_img_s"], r["bound_train_img_s"], r["train_ratio"], r["eval_img_s"],
               r["bound_eval_img_s"], r["eval_ratio"], r.get("design_fraction", ""),
+              f"{r['solve_s']:.2f} s ({r['solve_fraction']:.0%})" if "solve_s" in r else "",
               r["peak_mem_mb"] if r["peak_mem_mb"] is not None else "–", target_verdict(r)] for r in rows]
     print(f"{backbone_name}, {device}, {kind}, batch {batch_size}, {N_TASKS} tasks; bounds: the frozen "
           "backbone's forward+backward (input gradients only) and forward, timed before each method\n")
     print(tabulate(table, headers=["method", "train img/s", "bound", "train ratio", "eval img/s", "bound",
-                                   "eval ratio", "design fraction", "peak MB", "targets"], tablefmt="github"))
+                                   "eval ratio", "design fraction", "ridge solve / task", "peak MB", "targets"], tablefmt="github"))
     print(f"\nratios: the method's time per image over the frozen bound's (1.0 = as fast as the bound); "
           f"wrote {path}")
     return rows, path

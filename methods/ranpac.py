@@ -206,7 +206,11 @@ class RanPAC(Method):
         return torch.cat(features), torch.cat(labels)
 
     def end_task(self, task: int, train_loader: Iterable) -> None:
-        features, labels = self.collect(train_loader)
+        self.absorb(task, *self.collect(train_loader))
+
+    def absorb(self, task: int, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one task's backbone features to the head: class means (ncm), or G, Q, lambda_t and
+        the solved readout (ridge). ``bench`` times this step alone."""
         if self.cfg.head == "ncm":
             for c in labels.unique():
                 self.prototypes[c] = features[labels == c].mean(0)

@@ -406,6 +406,20 @@ def test_bench_times_the_first_session_or_no_training():
     assert rows["ranpac"]["train_task"] == 0 and rows["ranpac"]["train_img_s"] > 0  # phase 1 is what trains
     assert rows["ranpac-no-phase1"]["train_task"] is None and rows["ranpac-no-phase1"]["train_ratio"] is None
     assert all(row["eval_img_s"] > 0 for row in rows.values())
+    # the ridge solve of a paper-sized task (5,000 samples) is timed and set against the whole task
+    assert all(row["solve_s"] > 0 and 0 < row["solve_fraction"] < 1 for row in rows.values())
+
+
+def test_bench_times_exactly_the_head_update_of_one_task(monkeypatch):
+    from benchmark.bench import ridge_solve_seconds
+
+    _, method = protocol.build_run(tiny_config("ranpac", n_tasks=10, projection_dim=64), CPU)
+    seen = []
+    monkeypatch.setattr(method, "absorb", lambda task, features, labels: seen.append((task, features, labels)))
+    assert ridge_solve_seconds(method, 9, 500) >= 0
+    ((task, features, labels),) = seen
+    assert task == 9 and features.shape == (500, method.feature_dim) and (features >= 0).all()
+    assert set(labels.tolist()) == set(range(90, 100))
 
 
 def test_vit_b16_is_the_reference_backbone_of_each_data_set():
