@@ -135,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--plot", metavar="FILE", help="also plot accuracy after each task (.png, .pdf or .svg)")
     report.add_argument("--with-published", action="store_true",
                         help="add the published A_T/A_bar (results/reference/published.csv) and our difference")
+    report.add_argument("--versus", nargs="?", const="", metavar="METHOD",
+                        help="paired comparison over the seeds two groups share (off unless given): markdown, CSV "
+                             "and JSON add each group's mean difference to METHOD in A_T and A_bar with a 95%% CI "
+                             "(paired t; CSV/JSON also a seed bootstrap from 5 pairs) and the paired t-test's p; "
+                             "LaTeX marks with a dagger the cells not significantly different from their column's "
+                             "best (alpha 0.05). METHOD defaults to inflora; a benchmark without it is compared "
+                             "to its best continual method. Fewer than 2 shared seeds: n/a")
+    report.add_argument("--reproduction", action="store_true",
+                        help="print the reproduction table instead: per method, dataset and task count with a "
+                             "published value (results/reference/published.csv), ours (mean ± sd over seeds, in "
+                             "the published metric variant), the published value, the difference and a verdict "
+                             "(within the published sd, within 1 point, or off); not with html or --versus")
     report.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     check = sub.add_parser("check", help="regression check of every method on a small synth split")
     check.add_argument("--update", action="store_true", help="rewrite results/baselines/ci.json with today's values")
@@ -359,14 +371,21 @@ def command_status(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from benchmark import report
+    from benchmark import paired, report, reproduction
+
+    if args.reproduction and (args.format == "html" or args.versus is not None):
+        raise ConfigError("--reproduction takes --format markdown, latex, csv or json, and no --versus")
 
     store.check_results_dir(args.results_dir, writable=False)
     runs = report.collect(args.results_dir, args.dataset, args.methods)
     table = report.aggregate(runs)
     if args.with_published:
         table = report.with_published(table, report.load_published())
-    if args.format == "html":
+    if args.versus is not None:
+        table = paired.with_paired(runs, table, args.versus or None)
+    if args.reproduction:
+        text = reproduction.render(reproduction.build(runs, report.load_published()), args.format)
+    elif args.format == "html":
         text = report.to_html(runs, table, args.results_dir)
     else:
         text = report.render(table, args.format)

@@ -4,6 +4,9 @@ One group per (dataset, n_tasks, method, configuration except the seed): runs wh
 configurations differ in anything but the seed (and device/paths) never share a cell. Each group
 reports mean and sample standard deviation (ddof = 1; empty for a single seed) of the final
 accuracy A_T, the average incremental accuracy A_bar (both sample-weighted) and the forgetting.
+With ``paired.with_paired`` the tables add paired comparisons over seeds (markdown, CSV, JSON: the
+difference to a reference with its interval; LaTeX: a dagger on cells not significantly different
+from the column's best); ``benchmark.reproduction`` builds the reproduction table.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark import store
+from benchmark import paired, store
 from benchmark.config import identity
 from benchmark.errors import ConfigError
 
 METRICS = ("final_acc", "avg_acc", "forgetting")
+TASK_MEAN_METRICS = ("final_acc_task_mean", "avg_acc_task_mean")  # per run only: the reproduction table's
+VALIDATION_SUFFIX = " (validation)"
 COLUMNS = ["dataset", "n_tasks", "method", "n_seeds", "final_acc_mean", "final_acc_std", "avg_acc_mean",
            "avg_acc_std", "forgetting_mean", "forgetting_std"]
-FORMATS = ("markdown", "latex", "csv", "json")  # and html, which needs the runs: html_report.to_html()
+FORMATS = ("markdown", "latex", "csv", "json")  # and html, which needs the runs: to_html()
 PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
 PUBLISHED_COLUMNS = ["published_final_acc", "published_final_acc_std", "published_avg_acc", "published_source",
                      "final_acc_diff"]
@@ -37,21 +42,22 @@ def config_group(config: dict) -> str:
 
 def collect(results_dir: str | Path, datasets: list[str] | None = None,
             methods: list[str] | None = None, warn=None) -> pd.DataFrame:
-    """One row per stored run (corrupt files are reported through ``warn`` and skipped), with
-    ``result``, the whole stored result (the HTML run sections read it)."""
+    """One row per stored run (corrupt files are reported through ``warn`` and skipped): its
+    benchmark, method, seed, config group, ``METRICS`` and ``TASK_MEAN_METRICS`` (missing where a
+    run file lacks them), and ``result``, the whole stored result (the HTML run sections read it)."""
     rows = []
     for result in store.load_results(results_dir, warn=warn):
         if datasets and result["dataset"] not in datasets or methods and result["method"] not in methods:
             continue
         # a run evaluated on held-out training images (data.val_fraction) is never shown as a test result
         validation = result.get("data_info", {}).get("evaluated_on") == "validation"
-        rows.append({"dataset": result["dataset"] + (" (validation)" if validation else ""),
+        rows.append({"dataset": result["dataset"] + (VALIDATION_SUFFIX if validation else ""),
                      "n_tasks": result["n_tasks"], "method": result["method"],
                      "seed": result["seed"], "group": config_group(result.get("config", {})),
                      "upper_bound": bool(result.get("upper_bound", False)), "run_id": result["run_id"],
                      "step_acc": result.get("step_acc") or [result["final_acc"]],
                      "hparams": json.dumps(result.get("config", {}).get("hparams", {}), sort_keys=True),
-                     **{m: result.get(m) for m in METRICS}, "result": result})
+                     **{m: result.get(m) for m in METRICS + TASK_MEAN_METRICS}, "result": result})
     if not rows:
         scope = f" matching datasets={datasets} methods={methods}" if datasets or methods else ""
         raise ConfigError(f"no results in {store.runs_dir(results_dir)}{scope}; run "
@@ -128,9 +134,13 @@ def _mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
+    """GitHub markdown, one row per group; with published numbers, their columns and sources; with
+    paired comparisons (``paired.with_paired``), the difference to the reference and its p-value."""
     published = "published_final_acc" in table
+    compared = "vs_reference" in table
+    paired_headers, paired_cells = paired.markdown_columns(table) if compared else ([], [[]] * len(table))
     rows, sources = [], []
-    for r in table.itertuples():
+    for r, paired_row in zip(table.itertuples(), paired_cells):
         row = [r.dataset, r.n_tasks, r.label, _mean_sd(r.final_acc_mean, r.final_acc_std),
                _mean_sd(r.avg_acc_mean, r.avg_acc_std), _mean_sd(r.forgetting_mean, r.forgetting_std), r.n_seeds]
         if published:
@@ -140,12 +150,13 @@ def to_markdown(table: pd.DataFrame) -> str:
             row += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if has else "–",
                     f"{r.final_acc_diff:+.2f}" if has else "–",
                     f"[{sources.index(r.published_source) + 1}]" if has else ""]
-        rows.append(row)
+        rows.append(row + paired_row)
     headers = ["dataset", "tasks", "method", "A_T (%)", "A_bar (%)", "forgetting", "seeds"]
     if published:
         headers += ["published A_T", "Δ A_T", "source"]
-    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-    return text + "".join(f"\n[{i + 1}] {s}" for i, s in enumerate(sources))
+    text = tabulate(rows, headers=headers + paired_headers, tablefmt="github", disable_numparse=True)
+    return (text + "".join(f"\n[{i + 1}] {s}" for i, s in enumerate(sources))
+            + (f"\n\n{paired.MARKDOWN_NOTE}" if compared else ""))
 
 
 def _latex_escape(text: str) -> str:
@@ -154,7 +165,9 @@ def _latex_escape(text: str) -> str:
 
 def to_latex(table: pd.DataFrame) -> str:
     """Booktabs table: methods as rows, (dataset, tasks) column groups with A_T and A_bar; the best
-    continual method per column in bold (upper bounds are not ranked); mean $\\pm$ sd."""
+    continual method per column in bold (upper bounds are not ranked); mean $\\pm$ sd. With paired
+    comparisons (``paired.with_paired``), a dagger on the cells not significantly different from
+    their column's best and a note under the rule."""
     benchmarks = _benchmarks(table)
     labels = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["label"]))
     cells = {(r.label, r.dataset, r.n_tasks): r for r in table.itertuples()}
@@ -181,12 +194,32 @@ def to_latex(table: pd.DataFrame) -> str:
                 mean, sd = getattr(cell, f"{metric}_mean"), getattr(cell, f"{metric}_std")
                 text = _mean_sd(mean, sd, r" $\pm$ ")
                 is_best = not cell.upper_bound and best[bench, metric] is not None and mean == best[bench, metric]
+                if not is_best and "final_acc_best_p" in table and paired.not_different_from_best(cell, metric):
+                    text += r"$^\dagger$"
                 row.append(rf"\textbf{{{text}}}" if is_best else text)
         lines.append(" & ".join(row) + r" \\")
     if "published_final_acc" in table:
         lines += _latex_published_rows(table, benchmarks)
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines.append(r"\bottomrule")
+    if "final_acc_best_p" in table:
+        lines += _latex_paired_note(table, 1 + 2 * len(benchmarks))
+    lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
+
+
+def _latex_paired_note(table: pd.DataFrame, n_columns: int) -> list[str]:
+    """Note rows under the bottom rule explaining the daggers, or why there are none (n/a)."""
+    counts = pd.concat([table[f"{m}_best_n"] for m in paired.METRICS]).dropna()
+    tested, untested = (counts >= paired.MIN_PAIRS_TEST).any(), (counts < paired.MIN_PAIRS_TEST).any()
+    if tested:
+        notes = [r"$^\dagger$ not significantly different from the best (bold) in its column:",
+                 rf"two-sided paired $t$-test over the seeds both ran, $\alpha = {paired.ALPHA}$."]
+        if untested:
+            notes.append(rf"No test (n/a) where fewer than {paired.MIN_PAIRS_TEST} seeds are shared.")
+    else:
+        notes = [rf"$^\dagger$ n/a: no cell shares {paired.MIN_PAIRS_TEST} or more seeds with its column's best, "
+                 "so no paired test."]
+    return [rf"\multicolumn{{{n_columns}}}{{l}}{{\footnotesize {note}}} \\" for note in notes]
 
 
 PM = r" $\pm$ "
@@ -213,7 +246,7 @@ def _latex_published_rows(table: pd.DataFrame, benchmarks: list) -> list[str]:
 
 def to_records(table: pd.DataFrame) -> pd.DataFrame:
     """The CSV/JSON layout: one row per group, the documented columns."""
-    extra = [c for c in PUBLISHED_COLUMNS if c in table]
+    extra = [c for c in PUBLISHED_COLUMNS + paired.PAIRED_COLUMNS if c in table]
     return table.assign(method=table["label"])[COLUMNS + extra]
 
 
@@ -271,3 +304,54 @@ def _save_figure(runs: pd.DataFrame, table: pd.DataFrame, benchmarks: list, targ
     fig.savefig(target, dpi=110, format=fmt)
     plt.close(fig)
 
+
+_HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f3f3f3}td.m,th.m{text-align:left}tr.ub td{color:#666;font-style:italic}
+td.m span{border-bottom:1px dotted #888;cursor:help}.neg{color:#b00}.pos{color:#070}
+img{max-width:100%}.note{color:#555;font-size:0.9em}"""
+
+
+def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) -> str:
+    """One self-contained page (inline CSS and plots, no scripts or network): per benchmark the
+    methods ranked by A_T with mean +- sd, seeds, published numbers and the difference, the
+    run files behind each row (links) and their configuration (tooltip), and the accuracy curve."""
+    import base64
+    import html
+    import io
+
+    runs_folder = store.runs_dir(results_dir).resolve()
+    has_published = "published_final_acc" in table
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Leaderboard</title>"
+             f"<style>{_HTML_STYLE}</style></head><body><h1>Continual-learning leaderboard</h1>"
+             "<p class='note'>A_T: final accuracy, A_bar: average incremental accuracy (both sample-weighted, %), "
+             "mean ± sample sd over seeds; forgetting: max-based. Hover a method for its configuration; "
+             "the links open the run files.</p>"]
+    for dataset, n_tasks in _benchmarks(table):
+        rows = _in_benchmark(table, dataset, n_tasks).sort_values(["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
+        head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{h}</th>" for h in ["#", "method", "A_T", "A_bar", "forgetting", "seeds"]
+                       + (["published A_T", "Δ A_T", "source"] if has_published else []) + ["runs"])
+        body = []
+        for rank, r in enumerate(rows.itertuples(), 1):
+            group = _runs_of(runs, r)
+            tooltip = html.escape(f"config {r.group}: {group['hparams'].iloc[0]}", quote=True)
+            links = " ".join(f"<a href='{(runs_folder / (run_id + '.json')).as_uri()}'>s{seed}</a>"
+                             for run_id, seed in zip(group["run_id"], group["seed"]))
+            cells = ["" if r.upper_bound else str(rank), f"<span title='{tooltip}'>{html.escape(r.label)}</span>",
+                     _mean_sd(r.final_acc_mean, r.final_acc_std), _mean_sd(r.avg_acc_mean, r.avg_acc_std),
+                     _mean_sd(r.forgetting_mean, r.forgetting_std), str(r.n_seeds)]
+            if has_published:
+                known = r.published_source is not None
+                diff = f"<span class='{'neg' if known and r.final_acc_diff < 0 else 'pos'}'>{r.final_acc_diff:+.2f}</span>"
+                cells += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if known else "–",
+                          diff if known else "–", html.escape(r.published_source) if known else ""]
+            cells.append(links)
+            classes = ["", "m"] + [""] * (len(cells) - 2)
+            body.append(f"<tr class='{'ub' if r.upper_bound else ''}'>"
+                        + "".join(f"<td class='{c}'>{v}</td>" for c, v in zip(classes, cells)) + "</tr>")
+        buffer = io.BytesIO()
+        _save_figure(runs, table, [(dataset, n_tasks)], buffer, fmt="png")
+        image = base64.b64encode(buffer.getvalue()).decode()
+        parts.append(f"<h2>{html.escape(str(dataset))}, {n_tasks} tasks</h2><table><tr>{head}</tr>"
+                     + "".join(body) + f"</table><img alt='accuracy after each task' src='data:image/png;base64,{image}'>")
+    return "".join(parts) + "</body></html>\n"
