@@ -386,7 +386,9 @@ def command_report(args: argparse.Namespace) -> int:
     if args.reproduction:
         text = reproduction.render(reproduction.build(runs, report.load_published()), args.format)
     elif args.format == "html":
-        text = report.to_html(runs, table, args.results_dir)
+        from benchmark import html_report
+
+        text = html_report.to_html(runs, table, args.results_dir)
     else:
         text = report.render(table, args.format)
     if args.plot:

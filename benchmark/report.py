@@ -28,7 +28,7 @@ TASK_MEAN_METRICS = ("final_acc_task_mean", "avg_acc_task_mean")  # per run only
 VALIDATION_SUFFIX = " (validation)"
 COLUMNS = ["dataset", "n_tasks", "method", "n_seeds", "final_acc_mean", "final_acc_std", "avg_acc_mean",
            "avg_acc_std", "forgetting_mean", "forgetting_std"]
-FORMATS = ("markdown", "latex", "csv", "json")  # and html, which needs the runs: to_html()
+FORMATS = ("markdown", "latex", "csv", "json")  # and html, which needs the runs: html_report.to_html()
 PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
 PUBLISHED_COLUMNS = ["published_final_acc", "published_final_acc_std", "published_avg_acc", "published_source",
                      "final_acc_diff"]
@@ -304,54 +304,3 @@ def _save_figure(runs: pd.DataFrame, table: pd.DataFrame, benchmarks: list, targ
     fig.savefig(target, dpi=110, format=fmt)
     plt.close(fig)
 
-
-_HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
-th{background:#f3f3f3}td.m,th.m{text-align:left}tr.ub td{color:#666;font-style:italic}
-td.m span{border-bottom:1px dotted #888;cursor:help}.neg{color:#b00}.pos{color:#070}
-img{max-width:100%}.note{color:#555;font-size:0.9em}"""
-
-
-def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) -> str:
-    """One self-contained page (inline CSS and plots, no scripts or network): per benchmark the
-    methods ranked by A_T with mean +- sd, seeds, published numbers and the difference, the
-    run files behind each row (links) and their configuration (tooltip), and the accuracy curve."""
-    import base64
-    import html
-    import io
-
-    runs_folder = store.runs_dir(results_dir).resolve()
-    has_published = "published_final_acc" in table
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Leaderboard</title>"
-             f"<style>{_HTML_STYLE}</style></head><body><h1>Continual-learning leaderboard</h1>"
-             "<p class='note'>A_T: final accuracy, A_bar: average incremental accuracy (both sample-weighted, %), "
-             "mean ± sample sd over seeds; forgetting: max-based. Hover a method for its configuration; "
-             "the links open the run files.</p>"]
-    for dataset, n_tasks in _benchmarks(table):
-        rows = _in_benchmark(table, dataset, n_tasks).sort_values(["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
-        head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{h}</th>" for h in ["#", "method", "A_T", "A_bar", "forgetting", "seeds"]
-                       + (["published A_T", "Δ A_T", "source"] if has_published else []) + ["runs"])
-        body = []
-        for rank, r in enumerate(rows.itertuples(), 1):
-            group = _runs_of(runs, r)
-            tooltip = html.escape(f"config {r.group}: {group['hparams'].iloc[0]}", quote=True)
-            links = " ".join(f"<a href='{(runs_folder / (run_id + '.json')).as_uri()}'>s{seed}</a>"
-                             for run_id, seed in zip(group["run_id"], group["seed"]))
-            cells = ["" if r.upper_bound else str(rank), f"<span title='{tooltip}'>{html.escape(r.label)}</span>",
-                     _mean_sd(r.final_acc_mean, r.final_acc_std), _mean_sd(r.avg_acc_mean, r.avg_acc_std),
-                     _mean_sd(r.forgetting_mean, r.forgetting_std), str(r.n_seeds)]
-            if has_published:
-                known = r.published_source is not None
-                diff = f"<span class='{'neg' if known and r.final_acc_diff < 0 else 'pos'}'>{r.final_acc_diff:+.2f}</span>"
-                cells += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if known else "–",
-                          diff if known else "–", html.escape(r.published_source) if known else ""]
-            cells.append(links)
-            classes = ["", "m"] + [""] * (len(cells) - 2)
-            body.append(f"<tr class='{'ub' if r.upper_bound else ''}'>"
-                        + "".join(f"<td class='{c}'>{v}</td>" for c, v in zip(classes, cells)) + "</tr>")
-        buffer = io.BytesIO()
-        _save_figure(runs, table, [(dataset, n_tasks)], buffer, fmt="png")
-        image = base64.b64encode(buffer.getvalue()).decode()
-        parts.append(f"<h2>{html.escape(str(dataset))}, {n_tasks} tasks</h2><table><tr>{head}</tr>"
-                     + "".join(body) + f"</table><img alt='accuracy after each task' src='data:image/png;base64,{image}'>")
-    return "".join(parts) + "</body></html>\n"
