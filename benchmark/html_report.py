@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from benchmark import store
+from benchmark import paired, reproduction, store
 from benchmark.report import _benchmarks, _in_benchmark, _mean_sd, _runs_of, _save_figure
 
 # Heatmap colours: matplotlib's viridis on a fixed 0-100 % scale (the same for both matrices and
@@ -50,15 +50,22 @@ table.tm tr>th:first-child{text-align:left}
 """
 
 
+def _page_head(title: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_STYLE}{_colour_css()}</style></head><body>")
+
+
 def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) -> str:
-    """The page for ``report.aggregate`` rows ``table`` (optionally ``report.with_published``)
-    and the ``report.collect`` rows ``runs`` behind them (their ``result`` column)."""
+    """The page for ``report.aggregate`` rows ``table`` (optionally ``report.with_published``
+    and ``paired.with_paired``) and the ``report.collect`` rows ``runs`` behind them (their
+    ``result`` column)."""
     runs_folder = store.runs_dir(results_dir).resolve()
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Leaderboard</title>"
-             f"<style>{_STYLE}{_colour_css()}</style></head><body><h1>Continual-learning leaderboard</h1>"
+    parts = [_page_head("Leaderboard"), "<h1>Continual-learning leaderboard</h1>"
              "<p class='note'>A_T: final accuracy, A_bar: average incremental accuracy (both sample-weighted, %), "
              "mean ± sample sd over seeds; forgetting: max-based. Hover a method for its configuration; "
              "s0, s1, … open each run's section (matrices, timings, configuration, run file).</p>"]
+    if "vs_reference" in table:
+        parts.append(f"<p class='note'>{html.escape(paired.MARKDOWN_NOTE)}</p>")
     for dataset, n_tasks in _benchmarks(table):
         rows = _in_benchmark(table, dataset, n_tasks).sort_values(
             ["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
@@ -81,14 +88,16 @@ def _anchor(run_id: str) -> str:
 def _leaderboard(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
     """The ranked table of one benchmark (upper bounds last, unranked)."""
     published = "published_final_acc" in rows
+    compared_headers, compared = paired.markdown_columns(rows) if "vs_reference" in rows else ([], [[]] * len(rows))
     headers = (["#", "method", "A_T", "A_bar", "forgetting", "seeds"]
-               + (["published A_T", "Δ A_T", "source"] if published else []) + ["runs"])
-    head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{h}</th>" for h in headers)
-    body = [_leaderboard_row(runs, r, rank, published) for rank, r in enumerate(rows.itertuples(), 1)]
+               + (["published A_T", "Δ A_T", "source"] if published else []) + compared_headers + ["runs"])
+    head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{html.escape(h)}</th>" for h in headers)
+    body = [_leaderboard_row(runs, r, rank, published, extra)
+            for rank, (r, extra) in enumerate(zip(rows.itertuples(), compared), 1)]
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _leaderboard_row(runs: pd.DataFrame, r, rank: int, published: bool) -> str:
+def _leaderboard_row(runs: pd.DataFrame, r, rank: int, published: bool, compared: list[str]) -> str:
     group = _runs_of(runs, r).sort_values("seed", kind="stable")
     tooltip = html.escape(f"config {r.group}: {group['hparams'].iloc[0]}", quote=True)
     links = " ".join(f"<a href='#{_anchor(run_id)}'>s{seed}</a>"
@@ -101,7 +110,7 @@ def _leaderboard_row(runs: pd.DataFrame, r, rank: int, published: bool) -> str:
         diff = f"<span class='{'neg' if known and r.final_acc_diff < 0 else 'pos'}'>{r.final_acc_diff:+.2f}</span>"
         cells += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if known else "–",
                   diff if known else "–", html.escape(r.published_source) if known else ""]
-    cells.append(links)
+    cells += [html.escape(str(cell)) for cell in compared] + [links]
     classes = ["", "m"] + [""] * (len(cells) - 2)
     return (f"<tr class='{'ub' if r.upper_bound else ''}'>"
             + "".join(f"<td class='{c}'>{v}</td>" for c, v in zip(classes, cells)) + "</tr>")
@@ -221,3 +230,18 @@ def _key_values(values: dict[str, Any], caption: str) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v))}</td>"
                    "</tr>" for k, v in _flatten(values))
     return f"<table class='kv'><caption>{caption}</caption>{rows}</table>" if rows else ""
+
+
+def reproduction_page(table: pd.DataFrame) -> str:
+    """``report --reproduction --format html``: the reproduction table (``reproduction.build``) as a
+    self-contained page, verdicts coloured, numbered sources and the verdict rule below."""
+    rows, sources = reproduction.text_cells(table)
+    verdicts = {reproduction.WITHIN_SPREAD: "pos", reproduction.WITHIN_POINT: "pos", reproduction.OFF: "neg"}
+    head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{html.escape(h)}</th>" for h in reproduction.HEADERS)
+    body = "".join("<tr>" + "".join(
+        f"<td class='{'m' if i == 0 else verdicts.get(cell, '') if i == 9 else ''}'>{html.escape(str(cell))}</td>"
+        for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    notes = "".join(f"<li>{html.escape(source)}</li>" for source in sources)
+    return (_page_head("Reproduction") + "<h1>Reproduction of published numbers</h1>"
+            f"<table><tr>{head}</tr>{body}</table><ol class='note'>{notes}</ol>"
+            f"<p class='note'>{html.escape(reproduction.VERDICT_RULE)}</p></body></html>\n")

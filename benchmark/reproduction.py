@@ -103,15 +103,22 @@ def _published(row, pm: str = " ± ", star: str = "*") -> str:
     return report._mean_sd(row.published, row.published_std, pm) + ("" if row.verified == "yes" else star)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """GitHub markdown with numbered sources and the verdict rule under the table."""
+HEADERS = ["method", "dataset", "tasks", "metric", "variant", "ours", "seeds", "published", "Δ", "verdict", "source"]
+
+
+def text_cells(table: pd.DataFrame) -> tuple[list[list], list[str]]:
+    """The plain-text cells of each line (``HEADERS``; the source as ``[i]``) and the sources."""
     sources = _sources(table)
     rows = [[r.method, r.dataset, r.n_tasks, METRIC_NAMES.get(r.metric, r.metric), r.variant,
              report._mean_sd(r.ours_mean, r.ours_std), r.n_seeds, _published(r), _delta(r.delta), r.verdict,
              f"[{sources.index(r.source) + 1}]"] for r in table.itertuples()]
-    headers = ["method", "dataset", "tasks", "metric", "variant", "ours", "seeds", "published", "Δ", "verdict",
-               "source"]
-    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return rows, sources
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """GitHub markdown with numbered sources and the verdict rule under the table."""
+    rows, sources = text_cells(table)
+    text = tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True)
     return text + "".join(f"\n[{i + 1}] {s}" for i, s in enumerate(sources)) + f"\n\n{VERDICT_RULE}\n"
 
 
@@ -141,7 +148,7 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
-    """The reproduction table (``build``) in one of ``report.FORMATS``."""
+    """The reproduction table (``build``) in one of ``report.FORMATS`` or html."""
     if fmt == "markdown":
         return to_markdown(table)
     if fmt == "latex":
@@ -150,4 +157,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
         return table.to_csv(index=False, float_format="%.4f")
     if fmt == "json":
         return table.to_json(orient="records", indent=1) + "\n"
-    raise ConfigError(f"--reproduction has no {fmt!r} format; choose one of {', '.join(report.FORMATS)}")
+    if fmt == "html":
+        from benchmark import html_report
+
+        return html_report.reproduction_page(table)
+    raise ConfigError(f"--reproduction has no {fmt!r} format; choose one of {', '.join(report.FORMATS)}, html")

@@ -210,3 +210,15 @@ def test_versus_latex_compiles(runs_dir, tmp_path, capsys):
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_html_leaderboard_shows_the_interval_beside_each_method(runs_dir):
+    from benchmark import html_report
+
+    runs = report.collect(runs_dir)
+    page = html_report.to_html(runs, paired.with_paired(runs, report.aggregate(runs), "inflora"), runs_dir)
+    assert "Δ A_T vs inflora [95 % CI]" in page and "mean paired difference" in page
+    # seq-lora - inflora, A_T: d = (-10, -9, -9), mean -28/3, sd 1/sqrt(3), half-width T2 * sd / sqrt(3)
+    half = T2 / 3
+    assert f"<td class=''>{-28 / 3:+.2f} [{-28 / 3 - half:+.2f}, {-28 / 3 + half:+.2f}]</td>" in page
+    assert "<td class=''>-5.00 [n/a]</td>" in page  # cifar100 l2p: one seed, no interval

@@ -138,6 +138,15 @@ def test_cli_reproduction_against_the_shipped_published_numbers(runs_dir, capsys
     assert main(["report", "--results-dir", str(runs_dir), "--reproduction"]) == 0
     out = capsys.readouterr().out
     assert "86.51 ± 0.73" in out and "within published spread" in out and "(validation)" not in out
-    for flags in (["--format", "html"], ["--versus"]):
-        assert main(["report", "--results-dir", str(runs_dir), "--reproduction", *flags]) == 2
-        assert capsys.readouterr().err.startswith("error: --reproduction takes")
+    assert main(["report", "--results-dir", str(runs_dir), "--reproduction", "--versus"]) == 2
+    assert capsys.readouterr().err.startswith("error: --reproduction and --versus are separate tables")
+
+
+def test_reproduction_page_is_self_contained_with_every_line(runs_dir, published):
+    table = _build(runs_dir, published)
+    page = reproduction.render(table, "html")
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page
+    assert page.count("<tr>") == len(table) + 1  # the header and one row per line
+    assert page.count("<td class='neg'>off</td>") == (table["verdict"] == reproduction.OFF).sum() > 0
+    assert page.count("<td class='pos'>within") == table["verdict"].str.startswith("within").sum() > 0
+    assert all(f"<li>{source}</li>" in page for source in set(table["source"]))
