@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--decoded-cache", nargs="?", const="", metavar="DIR",
                      help="image-file data sets: decode the images once into a cache in DIR (default: "
                           "<data-root>/decoded-cache) and finish their transforms on the device (data.decoded_cache)")
+    run.add_argument("--device-decode", action="store_true",
+                     help="image data sets: workers send the files' bytes; decode JPEGs and run the crop, resize and "
+                          "flip on the device (data.device_decode; CIFAR-100: the resize)")
     run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     run.add_argument("--force", action="store_true", help="rerun even if a result exists")
     run.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
@@ -180,6 +183,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides[DATA_PREFIX + "decoded_cache"] = True
         if args.decoded_cache:
             overrides[DATA_PREFIX + "cache_dir"] = args.decoded_cache
+    if args.device_decode:
+        overrides[DATA_PREFIX + "device_decode"] = True
     return overrides
 
 

@@ -33,7 +33,7 @@ DATA_PREFIX = "data."
 _NOT_HASHED = ("device", "data_root", "num_workers", "compile")
 _NOT_HASHED_DATA = ("cache_dir",)  # data options likewise
 # Data options that enter the run id only when set otherwise (earlier run ids stay as they were)
-_HASHED_UNLESS = {"decoded_cache": False, "val_fraction": 0.0}
+_HASHED_UNLESS = {"decoded_cache": False, "device_decode": False, "val_fraction": 0.0}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

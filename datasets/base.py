@@ -10,8 +10,10 @@ class ids ``[t*k, (t+1)*k)``. The train/test split never depends on the seed.
 from __future__ import annotations
 
 import random
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -131,6 +133,68 @@ def collate_items(batch: list[tuple[Any, int]]) -> tuple[list[Any], torch.Tensor
     return list(items), torch.tensor(labels, dtype=torch.int64)
 
 
+PREFETCH = 2  # batches the device step runs ahead of the caller on CUDA (see ``prefetch``)
+
+DeviceBatch = Callable[[list[Any], torch.device], torch.Tensor]
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.is_pinned() else tensor.pin_memory()
+
+
+def _handed_over(ready: Future, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch prepared on the side stream, made safe to use on the caller's current stream."""
+    x, y, done = ready.result()
+    stream = torch.cuda.current_stream(device)
+    stream.wait_event(done)
+    x.record_stream(stream)  # the caching allocator must not reuse them before the caller's work on them
+    y.record_stream(stream)
+    return x, y
+
+
+def prefetch(batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device,
+             device_batch: DeviceBatch | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` (inputs, labels) with the inputs finished by ``device_batch(items, device)``
+    where given; on CUDA, moved to ``device`` and run ahead.
+
+    On CUDA a helper thread does each batch's device work on a side stream while the caller works
+    on the batch before (up to ``PREFETCH`` batches ahead): host tensors are pinned (unless the
+    DataLoader pinned them) and copied without blocking, and ``device_batch`` decodes and resizes
+    there. A batch is handed over once the caller's stream waits for the event recorded after its
+    work, with its tensors recorded on that stream. The batches themselves are still read here,
+    in the caller's thread (the items' seeded RNG draws never run in the helper thread). Anywhere
+    else this is a pass-through: the same batches in the same order, each finished as it comes.
+    """
+    if device.type != "cuda":
+        for x, y in batches:
+            yield (x if device_batch is None else device_batch(x, device)), y
+        return
+    if device.index is None:  # the helper thread's current device is not necessarily the caller's
+        device = torch.device("cuda", torch.cuda.current_device())
+    stream = torch.cuda.Stream(device)
+
+    def ahead(x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            x = _pinned(x).to(device, non_blocking=True) if device_batch is None else device_batch(x, device)
+            y = _pinned(y).to(device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return x, y, done
+
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as helper:
+        try:
+            for x, y in batches:
+                pending.append(helper.submit(ahead, x, y))
+                if len(pending) > PREFETCH:
+                    yield _handed_over(pending.popleft(), device)
+            while pending:
+                yield _handed_over(pending.popleft(), device)
+        finally:  # the caller stopped early: drop what has not started
+            for ready in pending:
+                ready.cancel()
+
+
 class Loader:
     """Batches of one task's data; shuffling is seeded per (seed, epoch) for exact reproducibility.
 
@@ -139,8 +203,10 @@ class Loader:
     pinned memory; each item's random augmentation is seeded by (seed, epoch, index), so it does
     not depend on the workers or on where a pass starts. ``drop_last`` skips the last incomplete
     batch of each pass, unless the data set is smaller than one batch. A data set with a
-    ``device_batch(items, device)`` method (the decoded cache's, ``datasets/cached_images.py``)
-    has its items collated as a list and each batch finished by that method on ``device``.
+    ``device_batch(items, device)`` method (the decoded cache's, ``datasets/cached_images.py``;
+    device decoding's, ``datasets/encoded_images.py``) has its items collated as a list and each
+    batch finished by that method on ``device``. On a CUDA ``device`` the batches come already
+    on it, prepared ahead on a side stream (``prefetch``); elsewhere as before.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
@@ -178,23 +244,23 @@ class Loader:
         return order[self.skip * self.batch_size:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return prefetch(self._host_batches(), self.device, getattr(self.dataset, "device_batch", None))
+
+    def _host_batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        """The pass's batches as the host reads them (items as a list for a ``device_batch`` data set)."""
         if isinstance(self.dataset, TensorImages):
             order = self._order()
             for start in range(0, len(order), self.batch_size):
                 yield self.dataset.batch(order[start:start + self.batch_size])
             return
-        device_batch = getattr(self.dataset, "device_batch", None)
         if self._dataloader is None:
+            collate = collate_items if getattr(self.dataset, "device_batch", None) else None
             self._dataloader = DataLoader(SeededItems(self.dataset), batch_size=self.batch_size,
-                                          sampler=EpochOrder(self), collate_fn=collate_items if device_batch else None,
+                                          sampler=EpochOrder(self), collate_fn=collate,
                                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                                           persistent_workers=self.num_workers > 0,
                                           generator=torch.Generator().manual_seed(self.seed))
-        if device_batch is None:
-            yield from self._dataloader
-            return
-        for items, labels in self._dataloader:
-            yield device_batch(items, self.device), labels
+        yield from self._dataloader
 
 
 VALIDATION_SEED = 7  # the held-out images are the same for every run seed

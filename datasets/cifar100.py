@@ -7,7 +7,10 @@ uint8, the R, G, B 32x32 planes, and ``fine_labels``; ``meta`` holds ``fine_labe
 
 Split: the official 50,000 / 10,000. Natural class order: the fine-label id (alphabetical names).
 Transforms (CODA-Prompt): train RandomResizedCrop + flip at the image size, test Resize to the
-image size (no crop). The images stay in memory as uint8 and are transformed per item.
+image size (no crop). The images stay in memory as uint8 and are transformed per item; with
+``data.device_decode`` the workers draw the crop boxes and flips as that transform does and send
+the 32 px crops, which are resized, flipped and scaled on the run's device (``TensorPixels`` of
+``datasets/cached_images.py``; on CPU the same pixels as the default path, torch's kernel both).
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def _class_names(path: Path) -> list[str]:
 
 @dataclass
 class Cifar100Options(ImageOptions):
-    """The image options; ``decoded_cache`` does not apply (the images are decoded in memory)."""
+    """The image options; ``decoded_cache`` does not apply (the images are decoded in memory),
+    ``device_decode`` resizes the crops on the device (nothing to decode)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,10 +105,22 @@ class Cifar100(BenchmarkDataset):
         train_tf, test_tf, transform_info = transforms_for(options, test_resize="resize")
         info = {"split": "official", "n_train": len(y_train), "n_test": len(y_test), "class_names": names,
                 **transform_info}
+        x_train, x_test = torch.from_numpy(x_train), torch.from_numpy(x_test)
+        if options.device_decode:
+            from datasets.cached_images import CachedTestImages, CachedTrainImages, TensorPixels
+
+            size, norm = options.size, options.normalize
+            info["decoding"] = ("in memory; crop boxes and flips in the workers, resize, flip and scaling on the "
+                                "run's device (torch antialiased bilinear)")
+            return ClassIncrementalData(
+                num_classes=NUM_CLASSES, train=CachedTrainImages(TensorPixels(x_train), y_train, size, norm),
+                test=CachedTestImages(TensorPixels(x_test), y_test, size, "resize", norm),
+                train_targets=y_train, test_targets=y_test, info=info,
+                train_plain=CachedTestImages(TensorPixels(x_train), y_train, size, "resize", norm))
         return ClassIncrementalData(
             num_classes=NUM_CLASSES,
-            train=TransformedTensors(torch.from_numpy(x_train), y_train, train_tf),
-            test=TransformedTensors(torch.from_numpy(x_test), y_test, test_tf),
+            train=TransformedTensors(x_train, y_train, train_tf),
+            test=TransformedTensors(x_test, y_test, test_tf),
             train_targets=y_train, test_targets=y_test, info=info,
-            train_plain=TransformedTensors(torch.from_numpy(x_train), y_train, test_tf),
+            train_plain=TransformedTensors(x_train, y_train, test_tf),
         )

@@ -9,7 +9,8 @@ transforms apply to PIL images (files) and to uint8 (3, H, W) tensors (CIFAR-100
 
 Unreadable images: ``ImageFiles`` raises ``DataError`` naming the file when it cannot decode it,
 and never skips it silently (skipping would change the test set behind a result's back). The fix
-is to delete or re-extract the file.
+is to delete or re-extract the file. Decoding on the device (``data.device_decode``,
+``datasets/encoded_images.py``) raises the same one-line error.
 
 Splits made here (``stratified_split``) depend only on the labels and the split seed, never on
 the class-order seed of a run.
@@ -56,18 +57,24 @@ class ImageOptions(DatasetOptions):
     from a decoded-image cache and finish their transforms on the run's device
     (``datasets/decoded_cache.py``, ``datasets/cached_images.py``), kept in ``cache_dir``
     (default ``<data root>/decoded-cache``; where it lies does not enter the run id).
+    ``device_decode``: the workers send the files' bytes, and decoding (JPEG) and the transforms
+    run on the run's device (``datasets/encoded_images.py``); CIFAR-100: the resize of the crops.
     """
 
     image_size: int | None = None
     normalize: str = "none"
     decoded_cache: bool = False
     cache_dir: str | None = None
+    device_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
             raise ConfigError(f"data.image_size must be a positive integer, got {self.image_size!r}")
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.decoded_cache and self.device_decode:
+            raise ConfigError("data.decoded_cache and data.device_decode exclude each other (the cache holds "
+                              "decoded images, device_decode decodes the files on the device); choose one")
 
     @property
     def size(self) -> int:
@@ -126,13 +133,19 @@ def transforms_for(options: ImageOptions, test_resize: str) -> tuple[Transform, 
     return (build_transform(size, True, test_resize, norm), build_transform(size, False, test_resize, norm), info)
 
 
+def unreadable_image(path: str, err: Exception) -> DataError:
+    """The one-line error for an image file that cannot be read or decoded."""
+    reason = " ".join(str(err).split())
+    return DataError(f"cannot read image {path} ({reason}); delete or re-extract it")
+
+
 def read_rgb(path: str) -> Image.Image:
     """The decoded RGB image at ``path``; ``DataError`` naming the file if it cannot be decoded."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # PIL reports bad files with all three
-        raise DataError(f"cannot read image {path} ({err}); delete or re-extract it") from None
+        raise unreadable_image(path, err) from None
 
 
 class ImageFiles(Dataset):
@@ -303,6 +316,14 @@ def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, 
         train_plain = CachedTestImages(train_cache, train_labels, options.size, "resize_crop", options.normalize)
         transform_info["decoding"] = ("decoded cache; resize, flip and scaling on the run's device "
                                       "(torch antialiased bilinear)")
+    if options.device_decode:
+        from datasets.encoded_images import DECODING, EncodedTestImages, EncodedTrainImages
+
+        train_paths, test_paths = train_set.paths, test_set.paths
+        train_set = EncodedTrainImages(train_paths, train_labels, options.size, options.normalize)
+        test_set = EncodedTestImages(test_paths, test_labels, options.size, "resize_crop", options.normalize)
+        train_plain = EncodedTestImages(train_paths, train_labels, options.size, "resize_crop", options.normalize)
+        transform_info["decoding"] = DECODING
     info = {**info, "split_hash": split_hash((rel for rel, _ in train), (rel for rel, _ in test)),
             "n_train": len(train), "n_test": len(test), **transform_info}
     return ClassIncrementalData(num_classes, train_set, test_set, train_labels, test_labels, info, train_plain)

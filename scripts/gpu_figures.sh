@@ -12,6 +12,14 @@
 #   5. data loading: generated JPEGs through the loaders -> $OUT/loader.json
 # Everything printed goes to $OUT/gpu_figures.log as well. At most 6 files are written under $OUT.
 # Settable: BACKBONE DEVICE BATCH STEPS WARMUP FP32_STEPS IMAGES WORKERS PYTHON.
+# With GPU_FIGURES_PIPELINE=1 (issue 17 items 1, 2, 5; about 5 more minutes), after the steps above:
+#   pipeline: one training epoch of seq-lora through the PIL path, the decoded cache and device
+#     decoding against in-memory batches, and the leaderboard's GPU-hours from the newest bench JSON
+#     of that precision under $OUT/bench -> $OUT/pipeline.json
+#   device-decode-tests: tests/test_device_decode.py on the GPU (its pixel differences printed)
+#   Settable: PIPELINE_IMAGES PIPELINE_WORKERS PIPELINE_PRECISION PIPELINE_STEPS.
+# ONLY="NAME ..." runs only the steps so named, e.g. within one 10-minute device call:
+#   GPU_FIGURES_ALL=1 GPU_FIGURES_PIPELINE=1 ONLY="environment bench-bf16-all pipeline device-decode-tests"
 # If a .whl/ folder exists (e.g. timm's wheel), its wheels are installed into /tmp/site first.
 
 set -u -o pipefail
@@ -27,6 +35,12 @@ else
   : "${IMAGES:=2000}" "${WORKERS:=8 16}"
 fi
 
+if [ "${GPU_FIGURES_QUICK:-0}" = 1 ]; then
+  : "${PIPELINE_IMAGES:=400}" "${PIPELINE_WORKERS:=2}" "${PIPELINE_PRECISION:=fp32}" "${PIPELINE_STEPS:=3}"
+else
+  : "${PIPELINE_IMAGES:=30000}" "${PIPELINE_WORKERS:=16}" "${PIPELINE_PRECISION:=bf16}" "${PIPELINE_STEPS:=30}"
+fi
+
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
@@ -35,6 +49,10 @@ fi
 step() {
   local name=$1 limit=$2 start=$SECONDS
   shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+    echo "=== $name: skipped (ONLY=$ONLY)"
+    return
+  fi
   echo "=== $name (limit ${limit} s): $*"
   timeout --kill-after=15 "$limit" "$@"
   echo "=== $name: exit status $? after $((SECONDS - start)) s"
@@ -60,6 +78,15 @@ torchvision.__version__, \"timm\", timm.__version__, \"cuda\", torch.version.cud
   # shellcheck disable=SC2086  # WORKERS is a list of numbers
   step loader 120 "$PY" scripts/loader_figures.py --images "$IMAGES" --workers $WORKERS --device "$DEVICE" \
     --out "$OUT/loader.json"
+  if [ "${GPU_FIGURES_PIPELINE:-0}" = 1 ]; then
+    bench_json=$(find "$OUT/bench" -name "bench_*_${PIPELINE_PRECISION}_b*.json" | sort | tail -n 1)
+    # shellcheck disable=SC2086  # PIPELINE_WORKERS is a list of numbers
+    step pipeline 240 "$PY" scripts/pipeline_figures.py --images "$PIPELINE_IMAGES" --workers $PIPELINE_WORKERS \
+      --backbone "$BACKBONE" --device "$DEVICE" --precision "$PIPELINE_PRECISION" --steps "$PIPELINE_STEPS" \
+      ${bench_json:+--bench "$bench_json"} --out "$OUT/pipeline.json"
+    step device-decode-tests 90 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_device_decode.py \
+      -k "equals or cuda or bit_for_bit"
+  fi
   echo "gpu_figures: done $(date -u +%FT%TZ); files:"
   find "$OUT" -type f | sort
 } 2>&1 | tee "$OUT/gpu_figures.log"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,17 +33,22 @@ from datasets.base import Loader  # noqa: E402
 from datasets.imagenet_r import FOLDER, NUM_CLASSES, ImageNetR, ImageNetROptions  # noqa: E402
 
 
-def write_images(root: Path, n: int, seed: int = 0) -> None:
+def write_images(root: Path, n: int, seed: int = 0, distinct: int | None = None) -> None:
     """``n`` JPEGs (quality 90) spread over the 200 class folders of ``root/imagenet-r``; each is
-    a random 8 x 6 colour grid upsampled to about 400 x 300 plus noise (decodes like a photo)."""
+    a random 8 x 6 colour grid upsampled to about 400 x 300 plus noise (decodes like a photo).
+    ``distinct``: encode only that many and hard-link the others to them (fast for tens of thousands)."""
     rng = np.random.default_rng(seed)
     for i in range(n):
+        folder = root / FOLDER / f"n{i % NUM_CLASSES:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if distinct is not None and i >= distinct:
+            os.link(root / FOLDER / f"n{i % distinct % NUM_CLASSES:08d}" / f"{i % distinct:06d}.jpg",
+                    folder / f"{i:06d}.jpg")
+            continue
         width, height = int(rng.integers(340, 460)), int(rng.integers(260, 340))
         coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height),
                                                                                            Image.BILINEAR)
         pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3))
-        folder = root / FOLDER / f"n{i % NUM_CLASSES:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
 
 
