@@ -103,14 +103,17 @@ class SimpleCIL(Method):
         self.register_buffer("sigma", torch.ones((), dtype=torch.float64))
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 features of ``x``, from backbone calls of exactly ``batch_size`` images each."""
+        """Float32 features of ``x``, from backbone calls of exactly ``batch_size`` images each, in
+        one memory layout (contiguous): a channels-last batch (synth's images are) and a padded,
+        contiguous one take different convolution kernels in the patch embedding, whose results
+        differ in the last bits on some CPUs."""
         size = self.cfg.batch_size
         out = []
         for chunk in x.split(size):
             n = len(chunk)
             if n < size:
                 chunk = torch.cat([chunk, chunk.new_zeros((size - n, *chunk.shape[1:]))])
-            out.append(self.features(chunk)[:n].float())
+            out.append(self.features(chunk.contiguous())[:n].float())
         return torch.cat(out)
 
     def trainable_parameters(self, task: int) -> list[dict]:

@@ -80,14 +80,16 @@ def test_the_recipe_fields_do_not_matter(monkeypatch):
 
 def test_each_prototype_is_the_float64_mean_of_its_class_test_view_features():
     # 20 classes x 3 images per task = 3 full batches of 20: the test's own backbone calls have
-    # the method's shapes, so the features are the same bits and only the mean is checked
+    # the method's shapes and memory layout (contiguous), so the features are the same bits and
+    # only the mean is checked
     split, method = protocol.build_run(tiny_config("simplecil", batch_size=20), CPU)
     fit(method, split, split.n_tasks)
     assert method.prototypes.dtype == torch.float64
     for task in range(split.n_tasks):
         images = split.train_set(task, plain=True)
         with torch.no_grad():
-            features = torch.cat([backbone_features(method.backbone, x) for x, _ in Loader(images, 20, shuffle=False)])
+            features = torch.cat([backbone_features(method.backbone, x.contiguous())
+                                  for x, _ in Loader(images, 20, shuffle=False)])
         for c in method.task_classes(task):
             expected = features[images.labels == c].double().mean(0)
             torch.testing.assert_close(method.prototypes[c], expected, rtol=0, atol=1e-12)
@@ -160,6 +162,8 @@ def test_features_do_not_depend_on_the_batch_an_image_arrives_in():
     pieces = torch.cat([method.image_features(x[a:b]) for a, b in ((0, 1), (1, 6), (6, 21))])
     assert torch.equal(whole, pieces)
     assert set(calls) == {8}
+    # synth's batches are channels-last; a padded chunk is contiguous: one layout for every call
+    assert torch.equal(method.image_features(x.to(memory_format=torch.channels_last)), whole)
 
 
 @pytest.mark.parametrize("gpu_like", [False, True], ids=["cpu", "shape-dependent-kernels"])
