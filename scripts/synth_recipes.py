@@ -10,7 +10,8 @@ with the highest mean validation A_T over the seeds wins. Runs are stored in ``-
 like any other (a rerun computes only what is missing); the table and the choices are written to
 ``--out`` (default ``results/measured/synth_recipes.json``), which the methods' ``synth`` presets
 cite. The epochs are fixed by the demo's time budget (3 per task; 2 for the prompt methods, which
-run two forward passes per step), so only learning rates are searched.
+run two forward passes per step; 3 for SD-LoRA; RanPAC's phase 1: 5 on the first task only), so
+only learning rates are searched.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ GRIDS: dict[str, dict[str, list]] = {
     "l2p": PROMPT_GRID,
     "dualprompt": PROMPT_GRID,
     "coda": PROMPT_GRID,
+    # SGD with momentum 0.9 (the official recipe's optimiser), one lr for LoRA, magnitudes and heads
+    "sd-lora": {"lr": [1e-2, 3e-2, 5e-2, 1e-1, 2e-1]},
+    # phase 1 only (task 0, 5 epochs); tasks after it are training-free
+    "ranpac": {"lr": [1e-2, 5e-2, 1e-1, 2e-1, 5e-1, 1.0, 2.0]},
 }
 
 
