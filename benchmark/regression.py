@@ -64,11 +64,13 @@ def compare(baseline: dict, measured: dict, tolerance: float) -> tuple[list[list
 
 def check(update: bool = False, tolerance: float = 2.0, path: Path = BASELINE_FILE,
           methods: list[str] | None = None, progress: bool = False) -> int:
-    """Run the check and print its table; exit status 0 (pass) or 1 (a drop or a missing method)."""
+    """Run the check and print its table; exit status 0 (pass) or 1 (a drop or a missing method).
+    ``update`` with ``methods`` rewrites those methods' baselines and keeps the others'."""
+    kept = load_baseline(path) if update and methods and path.exists() else {}
     methods = methods or METHODS.names()
     measured = measure(methods, progress)
     if update:
-        write_json_atomic(path, {"preset": CHECK_PRESET, "seed": CHECK_SEED, "methods": measured})
+        write_json_atomic(path, {"preset": CHECK_PRESET, "seed": CHECK_SEED, "methods": {**kept, **measured}})
         print(f"baseline updated: {path}")
         print(tabulate([[m, v["final_acc"], v["avg_acc"]] for m, v in measured.items()],
                        headers=["method", "A_T", "A_bar"], tablefmt="github"))

@@ -45,3 +45,14 @@ def test_missing_or_corrupt_baseline_is_a_clear_error(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ConfigError, match="corrupt baseline"):
         regression.load_baseline(tmp_path / "bad.json")
+
+
+def test_updating_some_methods_keeps_the_other_baselines(tmp_path, monkeypatch):
+    path = tmp_path / "ci.json"
+    path.write_text(json.dumps({"methods": {"a": {"final_acc": 1.0, "avg_acc": 2.0},
+                                            "b": {"final_acc": 3.0, "avg_acc": 4.0}}}))
+    monkeypatch.setattr(regression, "measure", lambda methods, progress=False:
+                        {m: {"final_acc": 9.0, "avg_acc": 9.0} for m in methods})
+    assert regression.check(update=True, path=path, methods=["b"]) == 0
+    assert regression.load_baseline(path) == {"a": {"final_acc": 1.0, "avg_acc": 2.0},
+                                              "b": {"final_acc": 9.0, "avg_acc": 9.0}}
