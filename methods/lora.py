@@ -10,7 +10,10 @@ Compute paths (identical results up to float rounding):
 * with autograd off (evaluation), every branch is merged into one weight W + sum(U D), so
   inference costs the same as the plain backbone whatever the number of branches;
 * with autograd on, frozen branches (no parameter requiring grad) are merged into the weight
-  and trainable ones run as low-rank products, so only the low-rank factors get gradients.
+  and trainable ones run fused (``fused_lora_qkv``): their down-projections are appended as rows
+  to the weight, so one GEMM gives the q/k/v outputs and the low-rank activations, and the
+  up-projections are added into the targets' slices in place; the backward computes the input
+  gradient and the low-rank factors' gradients only (never the frozen weight's).
 Merged weights are cached (the two most recent sets of branches: the training and the
 evaluation merge) and recomputed when any parameter changes, tracked by the tensors' version
 counters and storage; in-place optimiser steps and ``copy_`` bump the version, but an edit
@@ -20,8 +23,8 @@ in the weights' own precision, outside autocast.
 ``ScaledLoRAQKV`` (SD-LoRA) holds the same branches, each scaled by a learnable magnitude that one
 ``Magnitudes`` module shares across every wrapped layer: the live branch adds alpha U D x, a
 normalised (frozen past) branch adds alpha U D x / (||U||_F ||D||_F). Since the magnitudes stay
-trainable, training runs every branch as a low-rank product (the frozen ones' unit-norm factors
-cached); evaluation merges them all into one weight, as ``LoRAQKV`` does.
+trainable, training runs every branch fused into the projection, as ``LoRAQKV`` runs its trainable
+ones (the frozen branches' unit-norm factors cached); evaluation merges them all into one weight.
 """
 
 from __future__ import annotations
@@ -36,6 +39,75 @@ from benchmark.backbones import fit_blocks
 from benchmark.errors import ConfigError
 
 TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
+# The low-rank rows appended to the qkv weight are padded with zero rows to a multiple of this, so
+# the fused GEMM's dimensions and its output's row stride (which q, k and v keep) stay multiples of
+# 16 bytes in bf16, as cuBLAS's and the attention kernels' fastest paths want (a rank of 10 is not).
+RANK_ALIGN = 8
+
+
+class _FusedLoRAProjection(torch.autograd.Function):
+    """x [W; D]^T + [b; 0] in one GEMM, then U times the low-rank part added in place to output
+    columns ``start:start + len(U)``; returns the first ``len(W)`` columns (a view: no copy, rows
+    ``len(W) + len(D)`` apart).
+
+    Only x, D and U get gradients: the frozen W and b never do, so the backward skips the weight
+    gradient that autograd through ``torch.cat([W, D])`` would compute for all of [W; D].
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, down: torch.Tensor,
+                up: torch.Tensor, start: int) -> torch.Tensor:
+        rows = weight.shape[0]
+        bias = None if bias is None else torch.cat([bias, bias.new_zeros(down.shape[0])])
+        out = F.linear(x, torch.cat([weight, down]), bias)
+        low, projected = out[:, rows:].clone(), out[:, :rows]  # low: (tokens, rank), saved on its own
+        projected[:, start:start + up.shape[0]].addmm_(low, up.t())
+        ctx.save_for_backward(x, weight, down, up, low)
+        ctx.start = start
+        return projected
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, down, up, low = ctx.saved_tensors
+        grad_span = grad[:, ctx.start:ctx.start + up.shape[0]]
+        grad_low = grad_span @ up
+        grad_x = (grad @ weight).addmm_(grad_low, down) if ctx.needs_input_grad[0] else None
+        grad_down = grad_low.t() @ x if ctx.needs_input_grad[3] else None
+        grad_up = grad_span.t() @ low if ctx.needs_input_grad[4] else None
+        return grad_x, None, None, grad_down, grad_up, None
+
+
+def fused_lora_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The fused qkv projection x W^T + b with U_t D_t x added to each target t's output slice.
+
+    Args:
+        x: input tokens (..., d).
+        weight, bias: the frozen (3d, d) projection (merged frozen branches included) and its bias.
+        terms: per target ("q", "k", "v"), the down-projection D (r, d) and up-projection U (d, r).
+
+    Runs under autocast like ``F.linear``: in the autocast dtype when it is on. The low-rank part
+    is padded to ``RANK_ALIGN`` with zero rows of D (and columns of U).
+    """
+    dim = weight.shape[1]
+    device_type = x.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    order = sorted(terms, key=TARGET_INDEX.get)
+    rank = sum(terms[t][0].shape[0] for t in order)
+    width = rank + -rank % RANK_ALIGN
+    down = torch.cat([terms[t][0] for t in order] + [weight.new_zeros(width - rank, dim)])
+    blocks, offset = [], 0  # U laid out over the rows of q..v that the targets span, zero elsewhere
+    for index in range(TARGET_INDEX[order[0]], TARGET_INDEX[order[-1]] + 1):
+        target = list(TARGET_INDEX)[index]
+        if target in terms:
+            up = terms[target][1]
+            blocks.append(F.pad(up, (offset, width - offset - up.shape[1])))
+            offset += up.shape[1]
+        else:
+            blocks.append(weight.new_zeros(dim, width))
+    cast = [None if t is None else t.to(dtype) for t in (x.reshape(-1, dim), weight, bias, down, torch.cat(blocks))]
+    out = _FusedLoRAProjection.apply(*cast, TARGET_INDEX[order[0]] * dim)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class LoRABranch(nn.Module):
@@ -108,19 +180,15 @@ class LoRAQKV(nn.Module):
             return F.linear(x, self.merged_weight(tuple(range(len(self.branches)))), self.base.bias)
         frozen = tuple(i for i, b in enumerate(self.branches) if not b.is_trainable())
         weight = self.merged_weight(frozen) if frozen else self.base.weight
-        out = F.linear(x, weight, self.base.bias)
         live = [b for b in self.branches if b.is_trainable()]
         if not live:
-            return out
-        q, k, v = out.split(self.dim, dim=-1)
-        parts = {"q": q, "k": k, "v": v}
-        for branch in live:
-            for target in branch.targets:
-                parts[target] = parts[target] + (x @ branch.down[target].t()) @ branch.up[target].t()
-        return torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
+            return F.linear(x, weight, self.base.bias)
+        terms = {t: (torch.cat([b.down[t] for b in live]), torch.cat([b.up[t] for b in live], dim=1))
+                 for t in self.targets}
+        return fused_lora_qkv(x, weight, self.base.bias, terms)
 
     def unmerged_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference path: base projection plus every branch as an explicit low-rank product."""
+        """Reference path (tests): the base projection plus every branch's increment as one explicit weight."""
         out = F.linear(x, self.base.weight, self.base.bias)
         return out + F.linear(x, self.delta_weight(list(self.branches)))
 
@@ -265,14 +333,10 @@ class ScaledLoRAQKV(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return F.linear(x, self.merged_weight(), self.base.bias)
-        out = F.linear(x, self.base.weight, self.base.bias)
         if not self.magnitudes.active():
-            return out
-        parts = dict(zip(("q", "k", "v"), out.split(self.dim, dim=-1)))
-        for target in self.targets:
-            down, up = self.low_rank_terms(target)
-            parts[target] = parts[target] + (x @ down.t()) @ up.t()
-        return torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
+            return F.linear(x, self.base.weight, self.base.bias)
+        terms = {t: self.low_rank_terms(t) for t in self.targets}
+        return fused_lora_qkv(x, self.base.weight, self.base.bias, terms)
 
     def unmerged_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reference path: the base projection plus the increments as one explicit weight."""

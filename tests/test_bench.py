@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+from torch import nn
+
 from benchmark import cli
-from benchmark.bench import target_verdict
+from benchmark.backbones import SYNTH_VIT_KWARGS, backbone_features, build_tiny_vit
+from benchmark.bench import (OP_CLASSES, OTHER_CLASS, add_utilisation, break_even_steps, gemm_peak_tflops, op_class,
+                             step_flops, target_verdict)
 
 
 def test_bench_writes_one_row_per_method_with_ratios(tmp_path, capsys):
@@ -23,6 +29,18 @@ def test_bench_writes_one_row_per_method_with_ratios(tmp_path, capsys):
         for phase in ("train", "eval"):  # median of per-round ratios ~ ratio of median rates
             rate_ratio = row[f"bound_{phase}_img_s"] / row[f"{phase}_img_s"]
             assert 0.5 < row[f"{phase}_ratio"] / rate_ratio < 2
+    # utilisation: FLOPs counted once, at the timed speeds, against the GEMM peak measured in the run
+    assert "bound % peak" in out and "operator time by class: attention" in out and record["peak_tflops"] > 0
+    for row in rows.values():
+        assert row["peak_tflops"] == record["peak_tflops"] and row["train_gflop"] > 0
+        assert 0 < row["bound_train_util"] <= 1 and 0 < row["train_util"] <= 1
+        assert row["bound_train_tflops"] == pytest.approx(row["bound_train_util"] * row["peak_tflops"], rel=0.01)
+        assert "compile_s" not in row
+    assert rows["inflora"]["bound_train_gflop"] == rows["coda"]["bound_train_gflop"]  # the same frozen bound
+    assert rows["frozen"]["train_gflop"] < rows["frozen"]["bound_train_gflop"]  # frozen trains its head only
+    breakdown = record["bound_breakdown"]
+    assert sum(breakdown[c] for c in (*OP_CLASSES, OTHER_CLASS)) == pytest.approx(1, abs=0.01)
+    assert breakdown["gemm"] > 0 and breakdown["attention"] > 0 and breakdown["busy"] is None  # busy: CUDA only
     assert 0 < rows["inflora"]["design_fraction"] and "design_fraction" not in rows["coda"]
 
 
@@ -38,3 +56,77 @@ def test_target_verdicts():
     assert target_verdict({"method": "coda", "train_ratio": 1.4, "eval_ratio": 2.2}) == "eval > 2.10x"
     assert target_verdict({"method": "frozen", "train_ratio": 0.4, "eval_ratio": 1.06}) == "eval > 1.05x"
     assert target_verdict({**row, "design_fraction": 0.06}) == "train > 1.15x, design > 5%"
+
+
+def test_flops_of_a_linear_layer_are_counted_by_hand():
+    layer = nn.Linear(32, 48)
+    x = torch.randn(5, 7, 32)
+    assert step_flops(lambda: layer(x)) == 2 * 35 * 32 * 48
+    layer.requires_grad_(False)  # the bound's backward: input gradients only
+    inputs = x.clone().requires_grad_(True)
+    assert step_flops(lambda: layer(inputs).sum().backward()) == 2 * (2 * 35 * 32 * 48)
+    layer.requires_grad_(True)  # and the weight gradient
+    assert step_flops(lambda: layer(x).sum().backward()) == 2 * (2 * 35 * 32 * 48)
+    assert step_flops(lambda: layer(inputs).sum().backward()) == 3 * (2 * 35 * 32 * 48)
+
+
+def test_tiny_vit_flops_are_its_linears_patch_embedding_and_attention():
+    vit = build_tiny_vit().requires_grad_(False)
+    batch, d, depth, patch = 2, SYNTH_VIT_KWARGS["embed_dim"], SYNTH_VIT_KWARGS["depth"], SYNTH_VIT_KWARGS["patch_size"]
+    patches = (SYNTH_VIT_KWARGS["img_size"] // patch) ** 2
+    tokens = batch * (patches + 1)  # with the class token
+    linears = 2 * tokens * depth * (3 * d * d + d * d + 2 * 4 * d * d)  # qkv, proj, fc1, fc2 (MLP ratio 4)
+    patch_embedding = 2 * batch * patches * 3 * patch * patch * d
+    attention = depth * 2 * (2 * batch * (patches + 1) ** 2 * d)  # q k^T and (softmax) v, all heads
+    x = torch.rand(batch, 3, 32, 32)
+    assert step_flops(lambda: backbone_features(vit, x)) == linears + patch_embedding + attention
+    inputs = x.clone().requires_grad_(True)  # backward: every input gradient once more, attention's 2.5 times
+    assert step_flops(lambda: backbone_features(vit, inputs).sum().backward()) == \
+        2 * (linears + patch_embedding) + 3.5 * attention
+
+
+def test_peak_and_utilisation():
+    assert gemm_peak_tflops(torch.device("cpu"), "fp32", size=256, repeats=2) > 0
+    row = {"train_tflops": 2.0, "bound_train_tflops": 1.0}
+    add_utilisation(row, 4.0)
+    assert row == {"train_tflops": 2.0, "bound_train_tflops": 1.0, "peak_tflops": 4.0, "train_util": 0.5,
+                   "bound_train_util": 0.25}
+    row = {"train_tflops": None}  # a training-free method
+    add_utilisation(row, 4.0)
+    assert row["train_util"] is None and row["bound_train_util"] is None
+
+
+def test_operator_classes():
+    assert op_class("aten::addmm") == op_class("aten::mm") == op_class("aten::convolution_backward") == "gemm"
+    assert op_class("aten::_scaled_dot_product_flash_attention_backward") == "attention"
+    assert op_class("aten::_efficient_attention_forward") == op_class("aten::_softmax") == "attention"
+    assert op_class("aten::native_layer_norm_backward") == "norm" and op_class("aten::copy_") == "copy"
+    assert op_class("aten::gelu") == op_class("aten::add_") == OTHER_CLASS
+
+
+def test_compile_break_even():
+    # 60 s to compile, 10 s each later task, 0.1 s saved per step over 10 tasks: 150 s / 1 s per step-of-10
+    assert break_even_steps(60.0, 10.0, eager_step_s=0.3, compiled_step_s=0.2) == pytest.approx(150)
+    assert break_even_steps(60.0, 10.0, eager_step_s=0.2, compiled_step_s=0.2) is None  # no saving: never
+    assert break_even_steps(-1.0, -1.0, 0.3, 0.2) == 0  # noise: a compile faster than an eager step
+
+
+@pytest.mark.slow  # compiles seq-lora's training step (the fused LoRA projection) twice on CPU
+def test_compiled_training_reports_its_cost_and_break_even():
+    from benchmark import protocol
+    from benchmark.bench import frozen_steps, train_figures
+    from tests.conftest import tiny_config
+
+    cpu = torch.device("cpu")
+    _, method = protocol.build_run(tiny_config("seq-lora"), cpu)
+    method.enter_task(0)
+    plain = build_tiny_vit().requires_grad_(False)
+    x, y = torch.rand(8, 3, 32, 32), torch.tensor(list(method.task_classes(0)) * 2)[:8]
+    bound = frozen_steps(plain, x, "fp32")[0]  # eager: only the method's step compiles here
+    row = train_figures(method, 0, bound, plain, x, y, "fp32", warmup=0, steps=1, compile=True)
+    assert row["compile_s"] > 0 and row["recompile_s"] is not None and row["eager_train_img_s"] > 0
+    assert row["train_img_s"] > 0 and row["train_tflops"] > 0
+    expected = break_even_steps(row["compile_s"], row["recompile_s"], 8 / row["eager_train_img_s"],
+                                8 / row["train_img_s"])
+    assert row["break_even_steps"] == expected
+    assert expected is None or row["break_even_epochs"] == pytest.approx(expected / 625)  # 5,000 images / batch 8
