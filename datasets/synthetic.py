@@ -248,8 +248,8 @@ def generate(num_classes: int, per_class: int, split: int, namespace: int = TARG
 class SynthOptions(DatasetOptions):
     """Sizes of the fixed split (per class); the images themselves never change."""
 
-    train_per_class: int = 100
-    test_per_class: int = 30
+    train_per_class: int = 50
+    test_per_class: int = 20
 
     def __post_init__(self) -> None:
         for key in ("train_per_class", "test_per_class"):

@@ -117,7 +117,7 @@ class CodaPrompt(PromptMethod):
 
     Config = CodaPromptConfig
     # the tiny synth ViT has 4 blocks: components at all of them
-    DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], lr=1e-2, blocks=[0, 1, 2, 3])}
+    DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], blocks=[0, 1, 2, 3])}
 
     def __init__(self, backbone, task_sizes, cfg: CodaPromptConfig):
         super().__init__(backbone, task_sizes, cfg)

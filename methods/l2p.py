@@ -60,7 +60,8 @@ class L2P(PromptMethod):
     """A shared prompt pool per prompted block; per-sample top-k key matching."""
 
     Config = L2PConfig
-    DATASET_DEFAULTS = CODA_CODE_RECIPES
+    # synth: its own choice on validation A_T (results/measured/synth_recipes.json)
+    DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], lr=1e-1, head_lr=1e-1)}
 
     def __init__(self, backbone, task_sizes, cfg: L2PConfig):
         super().__init__(backbone, task_sizes, cfg)

@@ -34,8 +34,8 @@ from methods.prefix import Prefix, add_prefix_attention, prefixes
 # 20 / 50 / 5 epochs; ImageNet-A has no reference config and takes the CIFAR-100 recipe. synth:
 # the README's CPU recipe ("The synthetic benchmark"); methods add their tiny-ViT block lists.
 CODA_CODE_RECIPES: dict[str, dict[str, Any]] = {
-    # chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json);
-    # CODA-P's own choice (lr 1e-2) is set in methods/coda_prompt.py
+    # chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json) for
+    # DualPrompt and CODA-P; L2P's own choice (lr and head lr 0.1) is set in methods/l2p.py
     "synth": dict(epochs=2, lr=3e-2, head_lr=3e-2),
     "cifar100": dict(epochs=20, lr=1e-3),
     "imagenet-r": dict(epochs=50, lr=1e-3),

@@ -116,7 +116,7 @@ class SDLoRAConfig(MethodConfig):
 # ImageNet-R (spec section 4).
 SDLORA_DEFAULTS = {
     # synth: lr chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json)
-    "synth": dict(epochs=3, lr=1e-1),
+    "synth": dict(epochs=3, lr=2e-1),
     "cifar100": dict(epochs=20, lr=8e-3),
     "imagenet-r": dict(epochs=20, lr=1e-2),
     "imagenet-a": dict(epochs=20, init_lr=1e-2, lr=5e-3, milestones=[10, 15], gamma=0.05),

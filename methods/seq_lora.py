@@ -38,7 +38,7 @@ class SeqLoRA(Method):
     # InfLoRA's official Adam recipes (liangyanshuo/InfLoRA configs); synth: chosen on validation A_T
     # (scripts/synth_recipes.py, grid and scores in results/measured/synth_recipes.json)
     DATASET_DEFAULTS = {
-        "synth": dict(epochs=3, lr=1e-3, head_lr=1e-2),
+        "synth": dict(epochs=3, lr=3e-3, head_lr=3e-2),
         "cifar100": dict(epochs=20, lr=5e-4),
         "imagenet-r": dict(epochs=50, lr=5e-4),
         "imagenet-a": dict(epochs=20, lr=5e-4),
