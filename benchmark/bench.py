@@ -386,7 +386,8 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
            "eval_ratio": round(eval_ratio, 3),
            "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None}
     if design_times:
-        per_sample = (design_times[1] - design_times[0]) / (2 * batch_size)
+        # a negative slope is timing noise (more samples never cost less): then only the fixed part counts
+        per_sample = max((design_times[1] - design_times[0]) / (2 * batch_size), 0.0)
         fixed = max(design_times[0] - per_sample * batch_size, 0.0)
         design_s = fixed + per_sample * PAPER_TASK_SAMPLES
         task_train_s = PAPER_EPOCHS * PAPER_TASK_SAMPLES / train["train_img_s"]

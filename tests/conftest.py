@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,6 +22,19 @@ def tiny_config(method: str, n_tasks: int = 5, seed: int = 0, pretrained: bool =
     default: the contract does not depend on the shipped weights)."""
     return resolve(method, "synth", n_tasks=n_tasks, seed=seed, overrides={**TINY, **overrides},
                    device="cpu", pretrained=pretrained)
+
+
+needs_pdflatex = pytest.mark.skipif(shutil.which("pdflatex") is None,
+                                    reason="pdflatex not installed (Debian: texlive-latex-recommended)")
+
+
+def assert_latex_compiles(table: str, tmp_path: Path) -> None:
+    """Compile ``table`` in a minimal booktabs document with pdflatex; fail with the end of its log."""
+    document = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + table + "\\end{document}\n"
+    (tmp_path / "t.tex").write_text(document)
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 @pytest.fixture
@@ -57,3 +74,24 @@ def run_task(method, split, task: int) -> None:
 def probe_images(split, n: int = 16) -> torch.Tensor:
     """A few test images of task 0."""
     return torch.stack([split.test_set(0)[i][0] for i in range(n)])
+
+
+def loader_batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every batch of the loader's current epoch, on the CPU."""
+    return [(x.cpu(), y.cpu()) for x, y in loader]
+
+
+def assert_resumes_exactly_and_ignores_workers(dataset, batch_size: int, skip: int) -> None:
+    """Epoch 1 of a seeded shuffling loader over ``dataset``: resumed after ``skip`` batches it
+    yields exactly the remaining batches, and with two workers exactly the batches of none."""
+    from datasets.base import Loader
+
+    loader = Loader(dataset, batch_size, shuffle=True, seed=2)
+    loader.set_epoch(1)
+    full = loader_batches(loader)
+    loader.set_epoch(1, skip_batches=skip)
+    resumed = loader_batches(loader)
+    with_workers = Loader(dataset, batch_size, shuffle=True, seed=2, num_workers=2)
+    with_workers.set_epoch(1)
+    for (x, y), (x_other, y_other) in zip(full[skip:] + full, resumed + loader_batches(with_workers), strict=True):
+        assert torch.equal(x, x_other) and torch.equal(y, y_other)

@@ -17,6 +17,7 @@ from datasets.base import Loader
 from datasets.cached_images import CachedTestImages, CachedTrainImages
 from datasets.decoded_cache import DecodedCache
 from datasets.images import ImageFiles, build_transform
+from tests.conftest import assert_resumes_exactly_and_ignores_workers, loader_batches as batches
 from tests.dataset_fixtures import corrupt, write_imagenet_r
 
 SIZE = 48
@@ -48,10 +49,6 @@ def both_paths(folder, names, cache_dir, train: bool):
                 CachedTrainImages(cache, labels, SIZE, "imagenet"))
     return (ImageFiles(paths, labels, build_transform(SIZE, False, "resize_crop", "imagenet")),
             CachedTestImages(cache, labels, SIZE, "resize_crop", "imagenet"))
-
-
-def batches(loader: Loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.cpu(), y) for x, y in loader]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -102,15 +99,7 @@ def test_unreadable_image_names_the_file(tmp_path):
 def test_cached_loader_resumes_exactly_and_ignores_the_workers(tmp_path):
     names = write_photos(tmp_path / "img", 20)
     _, cached = both_paths(tmp_path / "img", names, tmp_path / "cache", train=True)
-    loader = Loader(cached, 4, shuffle=True, seed=2)
-    loader.set_epoch(1)
-    full = batches(loader)
-    loader.set_epoch(1, skip_batches=2)
-    resumed = batches(loader)
-    with_workers = Loader(cached, 4, shuffle=True, seed=2, num_workers=2)
-    with_workers.set_epoch(1)
-    for (x, y), (x_other, y_other) in zip(full[2:] + full, resumed + batches(with_workers), strict=True):
-        assert torch.equal(x, x_other) and torch.equal(y, y_other)
+    assert_resumes_exactly_and_ignores_workers(cached, batch_size=4, skip=2)
 
 
 def test_run_id_has_the_cache_switch_but_not_its_place(tmp_path):

@@ -20,6 +20,7 @@ from datasets.cifar100 import Cifar100, Cifar100Options
 from datasets.encoded_images import EncodedTrainImages, decode_images, read_encoded
 from datasets.imagenet_r import FOLDER, ImageNetR, ImageNetROptions
 from datasets.images import ImageFiles, read_rgb
+from tests.conftest import assert_resumes_exactly_and_ignores_workers, loader_batches as batches
 from tests.dataset_fixtures import corrupt, wnids, write_cifar100
 
 SIZE = 48
@@ -67,10 +68,6 @@ def photos(tmp_path_factory):
 
 def load(root, **options):
     return ImageNetR.load(ImageNetROptions(image_size=SIZE, normalize="imagenet", **options), str(root))
-
-
-def batches(loader: Loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.cpu(), y.cpu()) for x, y in loader]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -142,16 +139,7 @@ def test_decoding_on_cpu_is_pils_bit_for_bit(photos):
 
 
 def test_device_decode_resumes_exactly_and_ignores_the_workers(photos):
-    train = load(photos, device_decode=True).train
-    loader = Loader(train, 32, shuffle=True, seed=2)
-    loader.set_epoch(1)
-    full = batches(loader)
-    loader.set_epoch(1, skip_batches=3)
-    resumed = batches(loader)
-    with_workers = Loader(train, 32, shuffle=True, seed=2, num_workers=2)
-    with_workers.set_epoch(1)
-    for (x, y), (x_other, y_other) in zip(full[3:] + full, resumed + batches(with_workers), strict=True):
-        assert torch.equal(x, x_other) and torch.equal(y, y_other)
+    assert_resumes_exactly_and_ignores_workers(load(photos, device_decode=True).train, batch_size=32, skip=3)
 
 
 def test_bad_files_fail_naming_the_file_unless_pil_reads_them(tmp_path):

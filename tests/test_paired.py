@@ -10,14 +10,13 @@ import csv
 import io
 import json
 import math
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 from benchmark import paired, report, store
 from benchmark.cli import main
+from tests.conftest import assert_latex_compiles, needs_pdflatex
 
 T2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t quantile, 2 df
 T1 = math.tan(0.475 * math.pi)  # t quantile, 1 df
@@ -200,16 +199,12 @@ def test_cli_versus_and_an_unknown_method(runs_dir, capsys):
     assert err == "error: unknown --versus method 'nope'; methods present: dualprompt, inflora, joint, l2p, seq-lora"
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (Debian: texlive-latex-recommended)")
+@needs_pdflatex
 def test_versus_latex_compiles(runs_dir, tmp_path, capsys):
     assert main(["report", "--results-dir", str(runs_dir), "--versus", "inflora", "--format", "latex"]) == 0
     table = capsys.readouterr().out
     assert r"$^\dagger$" in table
-    document = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + table + "\\end{document}\n"
-    (tmp_path / "t.tex").write_text(document)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert_latex_compiles(table, tmp_path)
 
 
 def test_html_leaderboard_shows_the_interval_beside_each_method(runs_dir):

@@ -3,13 +3,12 @@
 import csv
 import io
 import json
-import shutil
-import subprocess
 
 import pytest
 
 from benchmark import report, store
 from benchmark.cli import main
+from tests.conftest import assert_latex_compiles, needs_pdflatex
 
 
 def _result(method, seed, final, avg, forgetting=10.0, dataset="synth", n_tasks=10, rank=10, upper=False):
@@ -97,14 +96,10 @@ def test_plot_writes_a_readable_figure(filled, tmp_path):
     assert pdf.read_bytes()[:4] == b"%PDF"
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (Debian: texlive-latex-extra)")
+@needs_pdflatex
 def test_latex_table_compiles(filled, tmp_path):
     table = report.render(report.aggregate(report.collect(filled)), "latex")
-    document = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + table + "\\end{document}\n"
-    (tmp_path / "t.tex").write_text(document)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert_latex_compiles(table, tmp_path)
 
 
 def test_published_numbers_stand_beside_ours_with_the_difference(filled, tmp_path):

@@ -4,14 +4,13 @@ import csv
 import io
 import json
 import math
-import shutil
-import subprocess
 
 import pytest
 
 from benchmark import report, reproduction, store
 from benchmark.errors import ConfigError
 from benchmark.cli import main
+from tests.conftest import assert_latex_compiles, needs_pdflatex
 
 PUBLISHED = """method,dataset,n_tasks,metric,value,std,variant,source,verified
 inflora,cifar100,10,final_acc,86.51,0.73,sample-weighted,the paper,yes
@@ -123,15 +122,11 @@ def test_csv_and_json_have_the_documented_columns(runs_dir, published):
     assert next(r for r in records if r["method"] == "l2p")["ours_mean"] is None
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (Debian: texlive-latex-recommended)")
+@needs_pdflatex
 def test_latex_table_compiles(runs_dir, published, tmp_path):
     table = reproduction.render(_build(runs_dir, published), "latex")
     assert table.count("{") == table.count("}") and r"\bottomrule" in table
-    document = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + table + "\\end{document}\n"
-    (tmp_path / "t.tex").write_text(document)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert_latex_compiles(table, tmp_path)
 
 
 def test_cli_reproduction_against_the_shipped_published_numbers(runs_dir, capsys):
