@@ -269,6 +269,16 @@ def _hooks_seconds(method, task: int, loader: list, precision: str) -> float:
     return time.perf_counter() - start
 
 
+def design_fraction(small_s: float, larger_s: float, batch_size: int, train_img_s: float) -> float:
+    """InfLoRA's hooks on a paper-sized task as a fraction of that task's training time, from their
+    seconds on one batch (``small_s``) and on three (``larger_s``): a linear fit in the samples. A
+    negative slope is timing noise (more samples never cost less): then only the fixed part counts."""
+    per_sample = max((larger_s - small_s) / (2 * batch_size), 0.0)
+    fixed = max(small_s - per_sample * batch_size, 0.0)
+    task_train_s = PAPER_EPOCHS * PAPER_TASK_SAMPLES / train_img_s
+    return (fixed + per_sample * PAPER_TASK_SAMPLES) / task_train_s
+
+
 def ridge_solve_seconds(method, task: int, samples: int) -> float:
     """Seconds of one ``absorb`` (RanPAC's statistics update, lambda search and solve) of task
     ``task`` on ``samples`` random non-negative features (the cost does not depend on the values)."""
@@ -386,12 +396,7 @@ def bench_method(name: str, backbone_name: str, batch_size: int, precision: str,
            "eval_ratio": round(eval_ratio, 3),
            "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None}
     if design_times:
-        # a negative slope is timing noise (more samples never cost less): then only the fixed part counts
-        per_sample = max((design_times[1] - design_times[0]) / (2 * batch_size), 0.0)
-        fixed = max(design_times[0] - per_sample * batch_size, 0.0)
-        design_s = fixed + per_sample * PAPER_TASK_SAMPLES
-        task_train_s = PAPER_EPOCHS * PAPER_TASK_SAMPLES / train["train_img_s"]
-        row["design_fraction"] = round(design_s / task_train_s, 4)
+        row["design_fraction"] = round(design_fraction(*design_times, batch_size, train["train_img_s"]), 4)
     if getattr(method.cfg, "head", None) == "ridge":
         solve_s = ridge_solve_seconds(method, last, PAPER_TASK_SAMPLES)
         row["solve_s"] = round(solve_s, 3)

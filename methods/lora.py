@@ -129,10 +129,11 @@ class LoRABranch(nn.Module):
         return self.up[target] @ self.down[target]
 
 
-class LoRAQKV(nn.Module):
-    """A frozen fused qkv Linear plus LoRA branches on some of its q/k/v outputs."""
+class BranchedQKV(nn.Module):
+    """A frozen fused qkv Linear and a list of LoRA branches on some of its q/k/v outputs: what
+    ``LoRAQKV`` and ``ScaledLoRAQKV`` share (how the branches are applied is theirs)."""
 
-    def __init__(self, base: nn.Linear, targets: tuple[str, ...] = ("k", "v")):
+    def __init__(self, base: nn.Linear, targets: tuple[str, ...]):
         super().__init__()
         unknown = set(targets) - set(TARGET_INDEX)
         if unknown:
@@ -141,13 +142,20 @@ class LoRAQKV(nn.Module):
         self.targets = tuple(targets)
         self.dim = base.in_features
         self.branches = nn.ModuleList()
-        self._merged_cache: dict[tuple[int, ...], tuple[tuple, torch.Tensor]] = {}
 
     def add_branch(self, rank: int) -> LoRABranch:
         """Append a new branch (random down, zero up) on this layer's targets and return it."""
         branch = LoRABranch(self.dim, rank, self.targets).to(self.base.weight.device)
         self.branches.append(branch)
         return branch
+
+
+class LoRAQKV(BranchedQKV):
+    """A frozen fused qkv Linear plus LoRA branches on some of its q/k/v outputs."""
+
+    def __init__(self, base: nn.Linear, targets: tuple[str, ...] = ("k", "v")):
+        super().__init__(base, targets)
+        self._merged_cache: dict[tuple[int, ...], tuple[tuple, torch.Tensor]] = {}
 
     def delta_weight(self, branches: list[LoRABranch]) -> torch.Tensor:
         """Sum of the branches' increments laid out like the fused (3d, d) weight."""
@@ -235,7 +243,7 @@ class Magnitudes(nn.Module):
         return self.live, tuple(self.dropped)
 
 
-class ScaledLoRAQKV(nn.Module):
+class ScaledLoRAQKV(BranchedQKV):
     """A frozen fused qkv Linear plus LoRA branches scaled by shared magnitudes (SD-LoRA).
 
     Branch i adds g_i U_i D_i to each target projection, g_i = alpha_i for the live branch and
@@ -243,14 +251,7 @@ class ScaledLoRAQKV(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, magnitudes: Magnitudes, targets: tuple[str, ...] = ("q", "v")):
-        super().__init__()
-        unknown = set(targets) - set(TARGET_INDEX)
-        if unknown:
-            raise ConfigError(f"unknown LoRA targets {sorted(unknown)}; valid: q, k, v")
-        self.base = base
-        self.targets = tuple(targets)
-        self.dim = base.in_features
-        self.branches = nn.ModuleList()
+        super().__init__(base, targets)
         self._shared = (magnitudes,)  # a reference, not a submodule: its owner saves it once
         self._unit_cache: dict[str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self._merged_cache: tuple[tuple, torch.Tensor] | None = None
@@ -258,12 +259,6 @@ class ScaledLoRAQKV(nn.Module):
     @property
     def magnitudes(self) -> Magnitudes:
         return self._shared[0]
-
-    def add_branch(self, rank: int) -> LoRABranch:
-        """Append a new branch (random down, zero up) on this layer's targets and return it."""
-        branch = LoRABranch(self.dim, rank, self.targets).to(self.base.weight.device)
-        self.branches.append(branch)
-        return branch
 
     def _unit_factors(self, target: str, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, U) of the normalised branches ``indices`` concatenated along the rank, each U divided

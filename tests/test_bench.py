@@ -11,8 +11,8 @@ from torch import nn
 from benchmark import cli
 from benchmark.backbones import SYNTH_VIT_KWARGS, backbone_features, build_tiny_vit
 from benchmark import bench
-from benchmark.bench import (OP_CLASSES, OTHER_CLASS, add_utilisation, break_even_steps, gemm_peak_tflops, op_class,
-                             paired_throughput, step_flops, target_verdict)
+from benchmark.bench import (OP_CLASSES, OTHER_CLASS, PAPER_EPOCHS, PAPER_TASK_SAMPLES, add_utilisation, break_even_steps,
+                             design_fraction, gemm_peak_tflops, op_class, paired_throughput, step_flops, target_verdict)
 
 
 def test_bench_writes_one_row_per_method_with_ratios(tmp_path, capsys):
@@ -53,6 +53,14 @@ def test_paired_throughput_takes_the_median_of_per_round_ratios(monkeypatch):
                                                          device=torch.device("cpu"), warmup=0, steps=2)
     assert ratio == pytest.approx(1.2)  # per-round ratios 1.2, 1.2, 1.3, 1.2, 1.1
     assert method_img_s == pytest.approx(16 / 1.3) and bound_img_s == pytest.approx(16 / 1.0)  # medians
+
+
+def test_design_fraction_extrapolates_the_hooks_linearly_and_never_below_their_fixed_cost():
+    task_train_s = PAPER_EPOCHS * PAPER_TASK_SAMPLES / 100.0  # at 100 img/s
+    # 1 s fixed + 0.01 s per sample: 1 batch of 8 takes 1.08 s, 3 batches 1.24 s
+    assert design_fraction(1.08, 1.24, 8, 100.0) == pytest.approx((1 + 0.01 * PAPER_TASK_SAMPLES) / task_train_s)
+    # three batches faster than one (noise): the slope counts as 0, the fixed part stays
+    assert design_fraction(1.08, 1.0, 8, 100.0) == pytest.approx(1.08 / task_train_s)
 
 
 def test_bad_bench_values_are_one_line(capsys):
