@@ -97,8 +97,7 @@ def fused_lora_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     width = rank + -rank % RANK_ALIGN
     down = torch.cat([terms[t][0] for t in order] + [weight.new_zeros(width - rank, dim)])
     blocks, offset = [], 0  # U laid out over the rows of q..v that the targets span, zero elsewhere
-    for index in range(TARGET_INDEX[order[0]], TARGET_INDEX[order[-1]] + 1):
-        target = list(TARGET_INDEX)[index]
+    for target in list(TARGET_INDEX)[TARGET_INDEX[order[0]]:TARGET_INDEX[order[-1]] + 1]:
         if target in terms:
             up = terms[target][1]
             blocks.append(F.pad(up, (offset, width - offset - up.shape[1])))

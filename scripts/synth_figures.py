@@ -154,6 +154,7 @@ def main() -> int:
     tau = kendalltau([mean(m) for m in ORDERED], [published[m] for m in ORDERED]).statistic
     ours = " > ".join(sorted(ORDERED, key=mean, reverse=True))
     theirs = " > ".join(sorted(ORDERED, key=published.get, reverse=True))
+
     def values(method: str, key: str = "final_acc") -> list[float]:
         return [r[key] for r in runs[method]]
 

@@ -68,8 +68,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results/measured/synth_recipes.json"))
     args = parser.parse_args()
 
+    train_per_class = SynthOptions().train_per_class
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    same_data = previous.get("train_per_class") == SynthOptions().train_per_class  # else its choices are stale
+    same_data = previous.get("train_per_class") == train_per_class  # else its choices are stale
     report = previous.get("methods", {}) if same_data else {}
     rows = []
     for method in args.methods:
@@ -90,8 +91,7 @@ def main() -> int:
     print(tabulate([[m, json.dumps(r["chosen"]), r["epochs"]] for m, r in report.items()],
                    headers=["method", "chosen", "epochs"], tablefmt="github", disable_numparse=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sizes = SynthOptions()
-    store.write_json_atomic(args.out, {"train_per_class": sizes.train_per_class, "val_fraction": VAL_FRACTION,
+    store.write_json_atomic(args.out, {"train_per_class": train_per_class, "val_fraction": VAL_FRACTION,
                                        "seeds": args.seeds, "methods": report})
     return 0
 
