@@ -293,7 +293,7 @@ def ridge_solve_seconds(method, task: int, samples: int) -> float:
     return time.perf_counter() - start
 
 
-def _train_step(method, training_loss: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+def train_step_fn(method, training_loss: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, task: int, precision: str) -> Callable[[], None]:
     """One training step as the protocol runs it: autocast, ``training_loss``, backward, step."""
     def step():
@@ -323,11 +323,11 @@ def train_figures(method, task: int, bound_step: Callable[[], Any], plain: torch
     Resets Dynamo under ``compile``: run it before anything compiled is first called."""
     device, batch_size = x.device, x.shape[0]
     optimizer = protocol.build_optimizer(protocol.declare_trainable(method, task), method.cfg)
-    eager_step = _train_step(method, method.training_loss, optimizer, x, y, task, precision)
+    eager_step = train_step_fn(method, method.training_loss, optimizer, x, y, task, precision)
     flops = step_flops(eager_step), step_flops(frozen_steps(plain, x, precision)[0])
     if compile:
         compiled_loss = protocol.compiled(method.training_loss, True)
-        train_step = _train_step(method, compiled_loss, optimizer, x, y, task, precision)
+        train_step = train_step_fn(method, compiled_loss, optimizer, x, y, task, precision)
         eager_s, compile_s = compile_figures(eager_step, train_step, device)
     else:
         train_step = eager_step

@@ -23,7 +23,7 @@ from benchmark.errors import ConfigError
 from benchmark.slurm_profile import PROFILE_KEYS
 from benchmark.registry import DATASETS, METHODS
 
-COMMANDS = ("run", "status", "list", "report", "check", "bench")
+COMMANDS = ("run", "status", "list", "report", "check", "bench", "preflight")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -31,6 +31,15 @@ def _key_value(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
+
+
+def _minutes_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole minutes or auto, got {text!r}") from None
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,6 +50,51 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options that select and configure runs, shared by ``run`` and ``preflight``."""
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="methods to run (default: every registered method except variants such as "
+                          "inflora-b5; see `list`)")
+    parser.add_argument("--dataset", default="synth", help="benchmark name (default: synth)")
+    parser.add_argument("--tasks", type=int, metavar="T", help="number of tasks (default: the dataset's standard)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+                        help="seeds: 0 = natural class order, s > 0 = seeded shuffle (default: 0)")
+    parser.add_argument("--natural-order", action="store_true", help="keep the natural class order for every seed")
+    parser.add_argument("--epochs", type=int, help="epochs per task (default: the method's preset)")
+    parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--lr", type=float, help="learning rate")
+    parser.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a method hyperparameter (e.g. rank=8) or dataset option (data.KEY=VALUE)")
+    parser.add_argument("--preset", default="paper", choices=list(PRESETS),
+                        help="hyperparameter preset on top of the per-dataset defaults (default: paper)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, decided by "
+                                                      "the machine that runs the job)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each task's training step and prediction (off by default; see README: Speed)")
+    parser.add_argument("--backbone", help="tiny (the 32 px synth ViT), vit-b16 (ViT-B/16 with the method's reference "
+                                        "weights tag) or a timm name with tag (default: the dataset's: synth "
+                                        "tiny, real data sets vit-b16)")
+    parser.add_argument("--pretrained-path", "--backbone-weights", dest="backbone_weights", metavar="FILE",
+                        help="backbone weights file (.safetensors, .pth or Google .npz) instead of the timm cache")
+    parser.add_argument("--image-size", type=int, metavar="PX",
+                        help="input size of image data sets (default and only valid value: the backbone's)")
+    parser.add_argument("--split-file", metavar="PATH", help="ImageNet-R: the CODA-Prompt split (data.split_file)")
+    parser.add_argument("--domains", nargs="+", metavar="NAME", help="DomainNet: domains to use (default: all six)")
+    parser.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "./data"),
+                        help="folder holding the datasets (default: $CL_DATA_ROOT or ./data)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    parser.add_argument("--decoded-cache", nargs="?", const="", metavar="DIR",
+                        help="image-file data sets: decode the images once into a cache in DIR (default: "
+                          "<data-root>/decoded-cache) and finish their transforms on the device (data.decoded_cache)")
+    parser.add_argument("--device-decode", action="store_true",
+                        help="image data sets: workers send the files' bytes; decode JPEGs and run the crop, resize and "
+                          "flip on the device (data.device_decode; CIFAR-100: the resize)")
+    parser.add_argument("--prefetch", action="store_true",
+                        help="CUDA: prepare each batch ahead on a side stream (off by default until a GPU run has "
+                             "checked it; `preflight` on a GPU compares it with the synchronous path)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="run_benchmark.py",
@@ -49,44 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The run options (`run` may be omitted): python run_benchmark.py run --help")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run methods on a benchmark (the default command)")
-    run.add_argument("--methods", nargs="+", metavar="NAME",
-                     help="methods to run (default: every registered method except variants such as "
-                          "inflora-b5; see `list`)")
-    run.add_argument("--dataset", default="synth", help="benchmark name (default: synth)")
-    run.add_argument("--tasks", type=int, metavar="T", help="number of tasks (default: the dataset's standard)")
-    run.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
-                     help="seeds: 0 = natural class order, s > 0 = seeded shuffle (default: 0)")
-    run.add_argument("--natural-order", action="store_true", help="keep the natural class order for every seed")
-    run.add_argument("--epochs", type=int, help="epochs per task (default: the method's preset)")
-    run.add_argument("--batch-size", type=int, help="training batch size")
-    run.add_argument("--lr", type=float, help="learning rate")
-    run.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                     help="override a method hyperparameter (e.g. rank=8) or dataset option (data.KEY=VALUE)")
-    run.add_argument("--preset", default="paper", choices=list(PRESETS),
-                     help="hyperparameter preset on top of the per-dataset defaults (default: paper)")
-    run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, decided by "
-                                                      "the machine that runs the job)")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile each task's training step and prediction (off by default; see README: Speed)")
-    run.add_argument("--backbone", help="tiny (the 32 px synth ViT), vit-b16 (ViT-B/16 with the method's reference "
-                                        "weights tag) or a timm name with tag (default: the dataset's: synth "
-                                        "tiny, real data sets vit-b16)")
-    run.add_argument("--pretrained-path", "--backbone-weights", dest="backbone_weights", metavar="FILE",
-                     help="backbone weights file (.safetensors, .pth or Google .npz) instead of the timm cache")
-    run.add_argument("--image-size", type=int, metavar="PX",
-                     help="input size of image data sets (default and only valid value: the backbone's)")
-    run.add_argument("--split-file", metavar="PATH", help="ImageNet-R: the CODA-Prompt split (data.split_file)")
-    run.add_argument("--domains", nargs="+", metavar="NAME", help="DomainNet: domains to use (default: all six)")
-    run.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "./data"),
-                     help="folder holding the datasets (default: $CL_DATA_ROOT or ./data)")
-    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    run.add_argument("--decoded-cache", nargs="?", const="", metavar="DIR",
-                     help="image-file data sets: decode the images once into a cache in DIR (default: "
-                          "<data-root>/decoded-cache) and finish their transforms on the device (data.decoded_cache)")
-    run.add_argument("--device-decode", action="store_true",
-                     help="image data sets: workers send the files' bytes; decode JPEGs and run the crop, resize and "
-                          "flip on the device (data.device_decode; CIFAR-100: the resize)")
+    add_run_options(run)
     run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     run.add_argument("--force", action="store_true", help="rerun even if a result exists")
     run.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
@@ -110,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--gpus-per-job", type=int, metavar="N", help="GPUs per run")
     launch.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per run")
     launch.add_argument("--mem-gb", type=float, metavar="GB", help="memory per run")
-    launch.add_argument("--time-min", type=int, metavar="MIN",
-                        help="time limit per job in minutes (default 1440); a run that needs longer is "
-                             "checkpointed and requeued before the limit")
+    launch.add_argument("--time-min", "--time", type=_minutes_or_auto, metavar="MIN|auto",
+                        help="time limit per job in minutes (default 1440), or auto: from the newest `preflight` "
+                             "report of these runs under <results-dir>/preflight/ (1.5 x the longest projected run + "
+                             "10 min); a run that needs longer is checkpointed and requeued before the limit")
     launch.add_argument("--constraint", help="Slurm node constraint")
     launch.add_argument("--signal-delay-s", type=int, metavar="S",
                         help="Slurm sends SIGUSR2 this long before the time limit (default 120)")
@@ -122,6 +140,31 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--wait", dest="wait", action="store_true", default=None,
                       help="slurm: wait for the jobs and print the table (default: submit and return)")
     wait.add_argument("--no-wait", dest="wait", action="store_false", help=argparse.SUPPRESS)
+    preflight = sub.add_parser(
+        "preflight", help="run every run of a sweep end to end at its real configuration, cut short; print its "
+                          "peak memory and the projected time of the full runs (README: Preflight)")
+    add_run_options(preflight)
+    cut = preflight.add_argument_group("preflight (each run cut short; everything else at the real configuration)")
+    cut.add_argument("--train-batches", type=int, default=2, metavar="N",
+                     help="training batches per epoch, and per task's training images (default: 2)")
+    cut.add_argument("--max-epochs", type=int, default=2, metavar="N",
+                     help="epochs per task at most (default: 2; the projection uses the real count)")
+    cut.add_argument("--test-images", type=int, default=2, metavar="N", help="test images per task (default: 2)")
+    cut.add_argument("--probe-batch", type=int, metavar="B",
+                     help="batch size of the cut run; memory and time are also probed at twice it (default: 2 on "
+                          "CPU; on CUDA the preset's batch, probed with half of it)")
+    cut.add_argument("--fake-data", action="store_true",
+                     help="a generated stand-in of each data set even where --data-root holds the real one")
+    cut.add_argument("--project-for", metavar="DEVICE",
+                     help="project the full runs' time on DEVICE (e.g. h200) from the newest stored bench result "
+                          "of it (results/measured/, <results-dir>/bench/) instead of on this device")
+    cut.add_argument("--bench", metavar="FILE", help="project from this stored bench result (JSON) instead")
+    cut.add_argument("--scratch", metavar="DIR",
+                     help="where the cut runs' results, checkpoints and stand-in data go (default: "
+                          "<results-dir>/preflight/scratch; never the results store)")
+    preflight.add_argument("--results-dir", default="results",
+                           help="the report goes to <results-dir>/preflight/ (default: results)")
+    preflight.add_argument("--no-progress", action="store_true", help="hide progress bars")
     status = sub.add_parser("status", help="state of submitted runs: done, running, pending or failed")
     status.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     status.add_argument("--retry-failed", action="store_true",
@@ -202,9 +245,11 @@ def settings_not_defined(methods: list[str], overrides: dict[str, Any]) -> dict[
     return {key: lacking for key, lacking in missing.items() if lacking and len(methods) > 1}
 
 
-def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
+def resolve_runs(args: argparse.Namespace, errors: list[tuple[str, str]] | None = None) -> list[RunConfig]:
     """All run configurations of a ``run`` command, validated before anything runs. A ``--set``
-    hyperparameter applies to the selected methods that define it (``settings_not_defined``)."""
+    hyperparameter applies to the selected methods that define it (``settings_not_defined``).
+    With ``errors``, a run whose configuration is invalid is left out and its (label, one-line
+    error) appended there instead of raising."""
     methods = list(dict.fromkeys(METHODS.canonical(m) for m in args.methods or METHODS.default_names()))
     from benchmark.protocol import auto_device, resolve_device
 
@@ -215,12 +260,21 @@ def resolve_runs(args: argparse.Namespace) -> list[RunConfig]:
         resolve_device(device)  # fail before anything runs
     overrides = _overrides(args)
     skipped = settings_not_defined(methods, overrides)
-    return [resolve(method, args.dataset, args.tasks, seed, args.preset,
-                    {k: v for k, v in overrides.items() if method not in skipped.get(k, ())},
-                    backbone=args.backbone, backbone_weights=args.backbone_weights,
-                    precision=args.precision, compile=args.compile, device=device, data_root=args.data_root,
-                    num_workers=args.num_workers, shuffle_classes=not args.natural_order)
-            for method in methods for seed in args.seeds]
+    configs = []
+    for method in methods:
+        for seed in args.seeds:
+            try:
+                configs.append(resolve(method, args.dataset, args.tasks, seed, args.preset,
+                                       {k: v for k, v in overrides.items() if method not in skipped.get(k, ())},
+                                       backbone=args.backbone, backbone_weights=args.backbone_weights,
+                                       precision=args.precision, compile=args.compile, device=device,
+                                       data_root=args.data_root, num_workers=args.num_workers,
+                                       shuffle_classes=not args.natural_order, prefetch=args.prefetch))
+            except ConfigError as err:
+                if errors is None:
+                    raise
+                errors.append((f"{method} {args.dataset} T{args.tasks or '?'} s{seed}", one_line(err)))
+    return configs
 
 
 def _fmt(value: float | None) -> str:
@@ -264,6 +318,11 @@ def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
     from benchmark import job_status, launcher, slurm_profile
 
     options = slurm_profile.launch_options(slurm_profile.load_profile(args.slurm_profile), _launch_flags(args))
+    if options["time_min"] == "auto":
+        from benchmark.preflight import auto_time_min
+
+        options["time_min"], why = auto_time_min(args.results_dir, [s.run_id for s in specs])
+        print(f"--time-min auto: {options['time_min']} min ({why})", file=sys.stderr)
     for dataset, data_root in {(s.config.dataset, s.config.data_root) for s in specs}:
         DATASETS.get(dataset).check_location(data_root)  # a wrong --data-root fails here, not in each job
     records = {r["run_id"]: r for r in job_status.read_records(args.results_dir)}
@@ -435,6 +494,31 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_preflight(args: argparse.Namespace) -> int:
+    from benchmark import preflight
+    from benchmark.protocol import auto_device, resolve_device
+
+    for key in ("train_batches", "max_epochs", "test_images", "probe_batch"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    if args.project_for and args.bench:
+        raise ConfigError("--project-for and --bench both name the device to project for: give one of them")
+    store.check_results_dir(args.results_dir)
+    device = resolve_device(auto_device(args.device))
+    args.device = str(device)
+    errors: list[tuple[str, str]] = []
+    configs = resolve_runs(args, errors)
+    runs = [(preflight.label(c), c, None) for c in configs] + [(name, None, error) for name, error in errors]
+    scratch = Path(args.scratch) if args.scratch else Path(args.results_dir) / preflight.REPORTS / "scratch"
+    store.check_results_dir(scratch)
+    settings = preflight.Settings(scratch=scratch, train_batches=args.train_batches, max_epochs=args.max_epochs,
+                                  test_images=args.test_images, batch=args.probe_batch, fake_data=args.fake_data,
+                                  project_for=args.project_for, bench=args.bench,
+                                  bench_dirs=(preflight.projection.MEASURED_DIR, Path(args.results_dir) / "bench"))
+    return preflight.run_preflight(runs, settings, device, args.results_dir, progress=not args.no_progress)
+
+
 def command_list_presets() -> int:
     """Each method's recipe per dataset (Config < DATASET_DEFAULTS) and the named presets on top."""
     import dataclasses
@@ -485,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"list": lambda: command_list_presets() if args.presets else command_list(),
                     "status": lambda: command_status(args),
                     "report": lambda: command_report(args),
-                    "check": lambda: command_check(args), "bench": lambda: command_bench(args)}
+                    "check": lambda: command_check(args), "bench": lambda: command_bench(args),
+                    "preflight": lambda: command_preflight(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

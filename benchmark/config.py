@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DATA_PREFIX = "data."
 # Fields that do not change what a run computes (beyond float rounding); left out of the run id.
-_NOT_HASHED = ("device", "data_root", "num_workers", "compile")
+_NOT_HASHED = ("device", "data_root", "num_workers", "compile", "prefetch")
 _NOT_HASHED_DATA = ("cache_dir",)  # data options likewise
 # Data options that enter the run id only when set otherwise (earlier run ids stay as they were)
 _HASHED_UNLESS = {"decoded_cache": False, "device_decode": False, "val_fraction": 0.0}
@@ -65,6 +65,7 @@ class RunConfig:
     data_root: str | None = None
     num_workers: int = 0
     compile: bool = False  # torch.compile the training step and prediction (--compile)
+    prefetch: bool = False  # CUDA: prepare batches ahead on a side stream (--prefetch; opt-in until checked on a GPU)
     # digest of a generated data set's generator settings (synth), so that results of other images
     # never share a run id or a table cell with these; None for data read from disk
     data_identity: str | None = None

@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class DataError(ConfigError):
     """A data set on disk is missing, incomplete or unreadable; the message names the path and the fix."""
+
+
+class StorageError(ConfigError):
+    """A result, checkpoint or report could not be written for want of space (disk full, quota); the
+    message names the folder. What was there before stays as it was (writes are atomic)."""

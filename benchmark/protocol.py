@@ -29,10 +29,21 @@ from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
 from benchmark.schedules import epoch_lr_factor
 from benchmark.registry import DATASETS, METHODS
-from datasets.base import Loader, TaskSplit, hold_out_validation
+from datasets.base import CutSplit, Loader, TaskSplit, hold_out_validation
 from methods.base import Method
 
 EVAL_BATCH_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCaps:
+    """A preflight's cuts of a run (``benchmark/preflight.py``): every training epoch stops after
+    ``train_batches`` batches, each task keeps ``train_batches`` x batch size of its training images
+    (at least one per class) and ``test_images`` of its test images. Every hook, evaluation and
+    checkpoint still runs, at the run's real shapes."""
+
+    train_batches: int
+    test_images: int
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,7 +184,8 @@ def train_task(method: Method, loader: Loader, task: int, device: torch.device, 
 
 @torch.no_grad()
 def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.device,
-             precision: str = "fp32", compile: bool = False) -> tuple[list[float], list[float], list[int]]:
+             precision: str = "fp32", compile: bool = False, prefetch: bool = False
+             ) -> tuple[list[float], list[float], list[int]]:
     """Class-incremental and task-aware accuracy (percent) on each seen task's test data."""
     method.eval()
     predict = compiled(method.predict, compile)
@@ -181,7 +193,7 @@ def evaluate(method: Method, split: TaskSplit, up_to_task: int, device: torch.de
     for task in range(up_to_task + 1):
         classes = method.task_classes(task)
         hits = aware_hits = total = 0
-        for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False, device=device):
+        for x, y in Loader(split.test_set(task), EVAL_BATCH_SIZE, shuffle=False, device=device, prefetch=prefetch):
             x, y = x.to(device), y.to(device)
             with autocast(device, precision):
                 logits = predict(x).float()
@@ -205,8 +217,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def build_run(config: RunConfig, device: torch.device) -> tuple[TaskSplit, Method]:
-    """The task split and the freshly built method of a run (seeded by ``config.seed``)."""
+def build_run(config: RunConfig, device: torch.device, caps: RunCaps | None = None) -> tuple[TaskSplit, Method]:
+    """The task split (with ``caps``: cut to a few images per task) and the freshly built method of
+    a run (seeded by ``config.seed``)."""
     dataset_cls = DATASETS.get(config.dataset)
     options = config.dataset_options()
     if getattr(options, "image_size", 0) is None:  # image data sets: the backbone's input size
@@ -216,23 +229,30 @@ def build_run(config: RunConfig, device: torch.device) -> tuple[TaskSplit, Metho
         data = hold_out_validation(data, options.val_fraction)
     method_cls = METHODS.get(config.method)
     n_tasks = 1 if method_cls.single_task else config.n_tasks
-    split = TaskSplit(data, n_tasks, config.seed, config.shuffle_classes, config.dataset)
+    if caps is None:
+        split = TaskSplit(data, n_tasks, config.seed, config.shuffle_classes, config.dataset)
+    else:
+        split = CutSplit(data, n_tasks, config.seed, config.shuffle_classes, config.dataset,
+                         train_images=caps.train_batches * config.method_config().batch_size,
+                         test_images=caps.test_images)
     seed_everything(config.seed)
     backbone = build_backbone(config.backbone, config.backbone_weights, config.pretrained)
     method = method_cls(backbone, split.task_sizes, config.method_config()).to(device)
     return split, method
 
 
-def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | None = None) -> dict[str, Any]:
+def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | None = None,
+        caps: RunCaps | None = None) -> dict[str, Any]:
     """Run one configuration end to end and return its result record (not yet stored).
 
     With a ``checkpointer``, a checkpoint is saved after every task and whenever it is due inside
     a task, and a run whose checkpoint exists resumes from it (see ``benchmark/checkpoint.py``).
+    ``caps``: a preflight's cut run (``RunCaps``); its record also holds the uncut task sizes.
     """
     device = resolve_device(config.device)
     start = time.time()
     run_id = config.run_id()
-    split, method = build_run(config, device)
+    split, method = build_run(config, device, caps)
     record: dict[str, Any] = {"acc": [], "aware": [], "timings": [], "trainable": [], "counts": [], "elapsed": 0.0}
     saved = checkpointer.load(run_id) if checkpointer else None
     first_task, resume = 0, None
@@ -261,14 +281,17 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         task_start = time.time()
         loader = Loader(split.train_set(task), method.cfg.batch_size, shuffle=True,
                         seed=config.seed * 1000 + task, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last, device=device)
+                        pin_memory=device.type == "cuda", drop_last=method.cfg.drop_last, device=device,
+                        prefetch=config.prefetch, max_batches=caps.train_batches if caps else None)
         hook_loader = loader if method.hook_transform == "train" else Loader(
             split.train_set(task, plain=True), method.cfg.batch_size, shuffle=False, num_workers=config.num_workers,
-            pin_memory=device.type == "cuda", device=device)
+            pin_memory=device.type == "cuda", device=device, prefetch=config.prefetch)
         method.enter_task(task)
         method.eval()
+        hook_images = hook_loader.images_read
         if resume is None:  # a resumed task has begun already: its state is in the checkpoint
             run_hook(method.begin_task, task, hook_loader, device, config.precision)
+        hook_images = hook_loader.images_read - hook_images
 
         def checkpoint_if_due(epoch: int, done: int, optimizer: torch.optim.Optimizer, task: int = task) -> None:
             if checkpointer and checkpointer.due():
@@ -279,18 +302,22 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
                            config.compile)
         resume = None
         stamps.append(time.time())
+        read_before_end = hook_loader.images_read
         run_hook(method.end_task, task, hook_loader, device, config.precision)
+        hook_images += hook_loader.images_read - read_before_end
         loader.close()
         hook_loader.close()
         stamps.append(time.time())
-        row, aware_row, counts = evaluate(method, split, task, device, config.precision, config.compile)
+        row, aware_row, counts = evaluate(method, split, task, device, config.precision, config.compile,
+                                          config.prefetch)
         stamps.append(time.time())
         acc.append(row)
         aware.append(aware_row)
         trainable.append(stats["trainable_params"])
         # begin/end: the hooks' own work (e.g. InfLoRA's statistics passes, design and memory update)
-        timings.append({name: round(b - a, 3) for name, a, b in zip(
-            ("begin_s", "train_s", "end_s", "eval_s"), [task_start] + stamps[:-1], stamps)})
+        timings.append({**{name: round(b - a, 3) for name, a, b in zip(
+            ("begin_s", "train_s", "end_s", "eval_s"), [task_start] + stamps[:-1], stamps)},
+            "hook_images": hook_images})
         record["counts"] = counts
         if checkpointer:
             save(task, None)
@@ -311,6 +338,6 @@ def run(config: RunConfig, progress: bool = True, checkpointer: Checkpointer | N
         "trainable_params": trainable,
         "timings": {"total_s": round(elapsed_before + time.time() - start, 3), "tasks": timings},
         "environment": {**environment(device), "backbone_digest": method.backbone_digest},
-        "data_info": {**split.data.info, "task_images": [
-            {"train": len(split.train_set(t)), "test": len(split.test_set(t))} for t in range(split.n_tasks)]},
+        "data_info": {**split.data.info, "task_images": split.task_image_counts(),
+                      **({"uncut_task_images": split.task_image_counts(uncut=True)} if caps else {})},
     }

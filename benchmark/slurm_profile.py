@@ -65,6 +65,8 @@ def launch_options(profile: dict[str, Any], flags: dict[str, Any]) -> dict[str, 
     options = {**DEFAULTS, **profile, **{k: v for k, v in flags.items() if v is not None}}
     for key in ("gpus_per_job", "cpus_per_task", "mem_gb", "time_min", "signal_delay_s", "max_requeues"):
         value = options.get(key)
+        if key == "time_min" and value == "auto":  # from a preflight report (benchmark.preflight.auto_time_min)
+            continue
         if value is not None and (not isinstance(value, (int, float)) or value < 0 or
                                   (value == 0 and key not in ("gpus_per_job", "max_requeues"))):
             raise ConfigError(f"{key.replace('_', '-')} must be a positive number, got {value!r}")

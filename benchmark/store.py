@@ -7,6 +7,7 @@ resolved configuration. Unreadable files are reported by name and skipped, never
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, StorageError
 
 REQUIRED_KEYS = ("run_id", "method", "dataset", "n_tasks", "seed", "acc_matrix", "final_acc", "avg_acc",
                  "timings")
@@ -62,9 +63,36 @@ def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / "checkpoints" / f"{run_id}.pt"
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` (or the error it arose from: torch.save wraps the file's OSError in a
+    RuntimeError) is a full disk or an exhausted quota."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
     """Write a file with ``write(handle)`` via a temp file in the same folder and a rename, so
-    ``path`` is either the old file or the complete new one, never half-written."""
+    ``path`` is either the old file or the complete new one, never half-written. A full disk is a
+    one-line ``StorageError`` naming the folder (the old file, e.g. the last good checkpoint, stays)."""
+    try:
+        _write_atomic(path, write, binary)
+    except (OSError, RuntimeError) as err:
+        if not out_of_space(err):
+            raise
+        raise StorageError(f"no space left in {path.parent} to write {path.name}; free space there (or use another "
+                           "--results-dir) and rerun the same command: runs resume from their last checkpoint, "
+                           "which is kept") from None
+
+
+def _write_atomic(path: Path, write: Callable[[IO], None], binary: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -153,9 +154,9 @@ def _handed_over(ready: Future, device: torch.device) -> tuple[torch.Tensor, tor
 
 
 def prefetch(batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device,
-             device_batch: DeviceBatch | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+             device_batch: DeviceBatch | None = None, ahead: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``batches`` (inputs, labels) with the inputs finished by ``device_batch(items, device)``
-    where given; on CUDA, moved to ``device`` and run ahead.
+    where given; on CUDA with ``ahead``, moved to ``device`` and run ahead.
 
     On CUDA a helper thread does each batch's device work on a side stream while the caller works
     on the batch before (up to ``PREFETCH`` batches ahead): host tensors are pinned (unless the
@@ -163,9 +164,10 @@ def prefetch(batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device,
     there. A batch is handed over once the caller's stream waits for the event recorded after its
     work, with its tensors recorded on that stream. The batches themselves are still read here,
     in the caller's thread (the items' seeded RNG draws never run in the helper thread). Anywhere
-    else this is a pass-through: the same batches in the same order, each finished as it comes.
+    else, and without ``ahead``, this is a pass-through: the same batches in the same order, each
+    finished as it comes (the caller moves them to the device).
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or not ahead:
         for x, y in batches:
             yield (x if device_batch is None else device_batch(x, device)), y
         return
@@ -173,7 +175,7 @@ def prefetch(batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device,
         device = torch.device("cuda", torch.cuda.current_device())
     stream = torch.cuda.Stream(device)
 
-    def ahead(x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
+    def prepare(x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
         with torch.cuda.device(device), torch.cuda.stream(stream):
             x = _pinned(x).to(device, non_blocking=True) if device_batch is None else device_batch(x, device)
             y = _pinned(y).to(device, non_blocking=True)
@@ -185,7 +187,7 @@ def prefetch(batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device,
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as helper:
         try:
             for x, y in batches:
-                pending.append(helper.submit(ahead, x, y))
+                pending.append(helper.submit(prepare, x, y))
                 if len(pending) > PREFETCH:
                     yield _handed_over(pending.popleft(), device)
             while pending:
@@ -205,17 +207,22 @@ class Loader:
     batch of each pass, unless the data set is smaller than one batch. A data set with a
     ``device_batch(items, device)`` method (the decoded cache's, ``datasets/cached_images.py``;
     device decoding's, ``datasets/encoded_images.py``) has its items collated as a list and each
-    batch finished by that method on ``device``. On a CUDA ``device`` the batches come already
-    on it, prepared ahead on a side stream (``prefetch``); elsewhere as before.
+    batch finished by that method on ``device``. With ``prefetch`` on a CUDA ``device`` the
+    batches come already on it, prepared ahead on a side stream (``prefetch``; opt-in, ``--prefetch``,
+    until a GPU run has checked it); otherwise as the host reads them. ``max_batches`` cuts every
+    pass after that many batches (a preflight's short epochs, ``benchmark/preflight.py``).
+    ``images_read`` counts the images the passes have yielded.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", prefetch: bool = False, max_batches: int | None = None):
         self.dataset, self.batch_size, self.shuffle, self.device = dataset, batch_size, shuffle, torch.device(device)
         self.seed, self.epoch, self.skip = seed, 0, 0
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
         self.drop_last = drop_last and len(dataset) >= batch_size
+        self.max_batches = max_batches
+        self.images_read = 0
         self._dataloader: DataLoader | None = None
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -229,9 +236,8 @@ class Loader:
 
     def __len__(self) -> int:
         """Batches of a full pass (``skip_batches`` aside)."""
-        if self.drop_last:
-            return len(self.dataset) // self.batch_size
-        return -(-len(self.dataset) // self.batch_size)
+        full = len(self.dataset) // self.batch_size if self.drop_last else -(-len(self.dataset) // self.batch_size)
+        return full if self.max_batches is None else min(full, self.max_batches)
 
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
@@ -239,12 +245,15 @@ class Loader:
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(len(self.dataset), generator=generator)
-        if self.drop_last:
+        if self.drop_last or self.max_batches is not None:
             order = order[:len(self) * self.batch_size]
         return order[self.skip * self.batch_size:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return prefetch(self._host_batches(), self.device, getattr(self.dataset, "device_batch", None))
+        for x, y in prefetch(self._host_batches(), self.device, getattr(self.dataset, "device_batch", None),
+                             ahead=self.prefetch):
+            self.images_read += len(y)
+            yield x, y
 
     def _host_batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
         """The pass's batches as the host reads them (items as a list for a ``device_batch`` data set)."""
@@ -323,10 +332,14 @@ class TaskSplit:
     def task_sizes(self) -> list[int]:
         return [self.classes_per_task] * self.n_tasks
 
-    def _task_data(self, dataset: Dataset, targets: np.ndarray, task: int) -> Dataset:
-        positions = self.label_map[targets]
+    def _task_indices(self, positions: np.ndarray, task: int, side: str) -> np.ndarray:
+        """Indices of ``task``'s images among items whose class positions are ``positions``."""
         lo, hi = task * self.classes_per_task, (task + 1) * self.classes_per_task
-        indices = np.nonzero((positions >= lo) & (positions < hi))[0]
+        return np.nonzero((positions >= lo) & (positions < hi))[0]
+
+    def _task_data(self, dataset: Dataset, targets: np.ndarray, task: int, side: str) -> Dataset:
+        positions = self.label_map[targets]
+        indices = self._task_indices(positions, task, side)
         if isinstance(dataset, TensorImages):
             index = torch.from_numpy(indices)
             return TensorImages(dataset.images[index], torch.from_numpy(positions[indices]))
@@ -335,10 +348,43 @@ class TaskSplit:
     def train_set(self, task: int, plain: bool = False) -> Dataset:
         """Task ``task``'s training images; ``plain``: under the test transform (no augmentation)."""
         dataset = self.data.train_plain if plain and self.data.train_plain is not None else self.data.train
-        return self._task_data(dataset, self.data.train_targets, task)
+        return self._task_data(dataset, self.data.train_targets, task, "train")
 
     def test_set(self, task: int) -> Dataset:
-        return self._task_data(self.data.test, self.data.test_targets, task)
+        return self._task_data(self.data.test, self.data.test_targets, task, "test")
+
+    def task_image_counts(self, uncut: bool = False) -> list[dict[str, int]]:
+        """Training and test images of each task (``uncut``: of the full split, where this one is cut)."""
+        indices = TaskSplit._task_indices.__get__(self) if uncut else self._task_indices
+        sides = {"train": self.label_map[self.data.train_targets], "test": self.label_map[self.data.test_targets]}
+        return [{side: len(indices(positions, t, side)) for side, positions in sides.items()}
+                for t in range(self.n_tasks)]
+
+
+def spread_over_classes(indices: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``indices`` (fewer if there are fewer), taken round-robin over their labels in
+    sorted order (each class's first image, then each class's second, ...), so that every class has
+    an image once ``count`` reaches the number of classes; sorted."""
+    by_class = [indices[labels == label] for label in np.unique(labels)]
+    rounds = max((len(members) for members in by_class), default=0)
+    picked = [members[k] for k in range(rounds) for members in by_class if k < len(members)]
+    return np.sort(np.asarray(picked[:count], dtype=np.int64))
+
+
+class CutSplit(TaskSplit):
+    """A ``TaskSplit`` whose tasks keep only a few images (a preflight, ``benchmark/preflight.py``):
+    ``train_images`` training images per task, at least one of each of its classes (so class
+    statistics have every class), and ``test_images`` test images per task, spread over its classes.
+    Class order, label map and task sizes are those of the full split."""
+
+    def __init__(self, data: ClassIncrementalData, n_tasks: int, seed: int, shuffle_classes: bool = True,
+                 dataset_name: str = "dataset", train_images: int = 1, test_images: int = 1):
+        super().__init__(data, n_tasks, seed, shuffle_classes, dataset_name)
+        self.caps = {"train": max(train_images, self.classes_per_task), "test": test_images}
+
+    def _task_indices(self, positions: np.ndarray, task: int, side: str) -> np.ndarray:
+        indices = super()._task_indices(positions, task, side)
+        return spread_over_classes(indices, positions[indices], self.caps[side])
 
 
 @dataclass
@@ -361,6 +407,9 @@ class BenchmarkDataset:
     Options: type[DatasetOptions] = DatasetOptions
     folder: str | None = None  # the data set's folder under the data root (None: generated data)
     layout: str = ""  # the expected on-disk layout, named in errors
+    # (training, test) images of the standard split, as published; what a preflight on a stand-in
+    # projects its time with (None: generated data, whose sizes are its options)
+    published_sizes: tuple[int, int] | None = None
 
     @classmethod
     def check_location(cls, data_root: str | None) -> None:
@@ -382,3 +431,16 @@ class BenchmarkDataset:
     def load(cls, options: DatasetOptions, data_root: str | None) -> ClassIncrementalData:
         """Load the train/test sets (natural labels) from ``data_root`` or generate them."""
         raise NotImplementedError
+
+    @classmethod
+    def full_sizes(cls, options: DatasetOptions) -> tuple[int, int] | None:
+        """(training, test) images of the real data set under ``options`` (``published_sizes``)."""
+        return cls.published_sizes
+
+    @classmethod
+    def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,
+                      options: DatasetOptions) -> dict[str, Any]:
+        """Write a stand-in of the data set under ``root`` (``root/<folder>`` in its on-disk format,
+        every class with at least ``train_per_class`` training and ``test_per_class`` test images,
+        ``datasets/standin.py``); returns the data options that point the loader at it."""
+        raise ConfigError(f"{cls.name} has no stand-in; it needs no data root")

@@ -15,12 +15,15 @@ Transforms: train RandomResizedCrop + flip, test Resize(S*256/224) -> CenterCrop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
 from datasets.images import (ImageOptions, check_data_root, check_dataset_folder, class_folder_items, files_data,
                              scan_class_folders, stratified_items)
+from datasets.standin import wnid_names, write_jpegs
 
 FOLDER = "imagenet-a"
 LAYOUT = ("imagenet-a/{train,test}/<wnid>/*.jpg (pre-split copy) or imagenet-a/<wnid>/*.jpg (imagenet-a.tar), "
@@ -43,6 +46,17 @@ class ImageNetA(BenchmarkDataset):
     num_classes = NUM_CLASSES
     default_n_tasks = 10
     Options = ImageNetAOptions
+    # 7,500 images; the 80/20 split here (the pre-split copy's counts are not published: UNVERIFIED)
+    published_sizes = (6_000, 1_500)
+
+    @classmethod
+    def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,
+                      options: ImageNetAOptions) -> dict[str, Any]:
+        """The pre-split layout (the protocol's choice): train/ and test/ with the same 200 wnid folders."""
+        for label, wnid in enumerate(wnid_names(NUM_CLASSES, 2_000_000)):
+            for side, count in (("train", train_per_class), ("test", test_per_class)):
+                write_jpegs(root / FOLDER / side / wnid, [f"{wnid}_{k}.jpg" for k in range(count)], label)
+        return {}
 
     @classmethod
     def load(cls, options: ImageNetAOptions, data_root: str | None) -> ClassIncrementalData:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,6 +31,7 @@ from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
 from datasets.images import (ImageOptions, Labelled, check_data_root, check_listed_files, class_folder_items,
                              file_hash, files_data, scan_class_folders, stratified_items)
+from datasets.standin import stratified_total, wnid_names, write_jpegs
 
 FOLDER = "imagenet-r"
 LAYOUT = "imagenet-r/<wnid>/*.jpg with 200 wnid folders (extract imagenet-r.tar)"
@@ -113,6 +115,26 @@ class ImageNetR(BenchmarkDataset):
     num_classes = NUM_CLASSES
     default_n_tasks = 10
     Options = ImageNetROptions
+    published_sizes = (24_000, 6_000)  # CODA's split YAMLs; the seeded 80/20 split of the 30,000 is the same size
+
+    @classmethod
+    def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,
+                      options: ImageNetROptions) -> dict[str, Any]:
+        """200 wnid folders of JPEGs; with ``split_file`` set, CODA-style split YAMLs of them too."""
+        per_class = stratified_total(train_per_class, test_per_class)
+        listed: dict[str, dict[str, list]] = {side: {"data": [], "targets": []} for side in SPLIT_NAMES}
+        for target, wnid in enumerate(wnid_names(NUM_CLASSES, 1_000_000)):
+            files = [f"{wnid}_{k}.jpg" for k in range(per_class)]
+            write_jpegs(root / FOLDER / wnid, files, target)
+            for side, chosen in (("train", files[test_per_class:]), ("test", files[:test_per_class])):
+                listed[side]["data"] += [f"data/{FOLDER}/{wnid}/{file}" for file in chosen]
+                listed[side]["targets"] += [target] * len(chosen)
+        if options.split_file is None:
+            return {}
+        (root / "splits").mkdir()
+        for side, content in listed.items():
+            (root / "splits" / SPLIT_NAMES[side]).write_text(yaml.safe_dump(content))
+        return {"split_file": str(root / "splits")}
 
     @classmethod
     def load(cls, options: ImageNetROptions, data_root: str | None) -> ClassIncrementalData:

@@ -25,6 +25,8 @@
 #     of that precision under $OUT/bench -> $OUT/pipeline.json
 #   device-decode-tests: tests/test_device_decode.py on the GPU (its pixel differences printed)
 #   Settable: PIPELINE_IMAGES PIPELINE_WORKERS PIPELINE_PRECISION PIPELINE_STEPS.
+# With GPU_FIGURES_PREFLIGHT=1 (issue 23 item 6; about 4 minutes): preflight of seq-lora, inflora and l2p on
+#   the ImageNet-R stand-in at batch 128 on the GPU: its peaks, projection and prefetch check -> $OUT/preflight/
 # ONLY="NAME ..." runs only the steps so named, e.g. within one 10-minute device call:
 #   GPU_FIGURES_ALL=1 GPU_FIGURES_PIPELINE=1 ONLY="environment bench-bf16-all pipeline device-decode-tests"
 # If a .whl/ folder exists (e.g. timm's wheel), its wheels are installed into /tmp/site first.
@@ -97,6 +99,13 @@ torchvision.__version__, \"timm\", timm.__version__, \"cuda\", torch.version.cud
       ${bench_json:+--bench "$bench_json"} --out "$OUT/pipeline.json"
     step device-decode-tests 90 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_device_decode.py \
       -k "equals or cuda or bit_for_bit"
+  fi
+  if [ "${GPU_FIGURES_PREFLIGHT:-0}" = 1 ]; then
+    # the CUDA paths of preflight (allocator peaks, probes at the preset's batch, OOM handling) and
+    # its prefetch check (side-stream batches against the synchronous path, step time with and without)
+    step preflight 240 "$PY" run_benchmark.py preflight --methods seq-lora inflora l2p --dataset imagenet-r \
+      --fake-data --backbone "$BACKBONE" --device "$DEVICE" --precision bf16 --num-workers 2 --no-progress \
+      --results-dir "$OUT"
   fi
   echo "gpu_figures: done $(date -u +%FT%TZ); files:"
   find "$OUT" -type f | sort

@@ -196,7 +196,7 @@ def test_prefetch_on_cuda_hands_over_the_same_batches_in_order(photos):
     train = load(photos, device_decode=True).train
     on_cpu = batches(Loader(train, 32, shuffle=True, seed=9))
     ahead = []
-    for x, y in Loader(train, 32, shuffle=True, seed=9, num_workers=2, pin_memory=True, device="cuda"):
+    for x, y in Loader(train, 32, shuffle=True, seed=9, num_workers=2, pin_memory=True, device="cuda", prefetch=True):
         assert x.is_cuda and y.is_cuda
         torch.cuda._sleep(2_000_000)  # a slow step on the default stream
         ahead.append((x.cpu(), y.cpu()))

@@ -42,7 +42,8 @@ def test_result_record_holds_the_matrices_and_metrics():
     assert result["trainable_params"] == [20 * 129] * 5  # one 20-way head per task
     assert result["config"]["hparams"]["epochs"] == 1
     assert len(result["class_order"]) == 100 and result["environment"]["backbone_digest"]
-    assert set(result["timings"]["tasks"][0]) == {"begin_s", "train_s", "end_s", "eval_s"}
+    assert set(result["timings"]["tasks"][0]) == {"begin_s", "train_s", "end_s", "eval_s", "hook_images"}
+    assert result["timings"]["tasks"][0]["hook_images"] == 0  # frozen has no hooks
     for key in ("final_acc", "avg_acc", "final_acc_task_mean", "avg_acc_task_mean", "forgetting", "bwt"):
         assert key in result
 

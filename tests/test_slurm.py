@@ -9,6 +9,8 @@ Without a cluster these tests are skipped with the reason, unless ``CL_REQUIRE_S
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -133,3 +135,21 @@ def test_a_job_longer_than_its_time_limit_finishes_through_requeues(tmp_path, sl
     log = _log_of(results)
     assert "this job is timed-out" in log and "resuming from its checkpoint at task" in log
     assert matrices(results) == expected
+
+
+def test_time_auto_sets_the_arrays_limit_from_the_preflight_projection(tmp_path, slurm_env):
+    sweep = ["--methods", "frozen", "simplecil", *SHORT, "--results-dir", str(tmp_path / "results")]
+    checked = cli(["preflight", *sweep], slurm_env)
+    assert checked.returncode == 0, checked.stderr
+    [report] = (tmp_path / "results" / "preflight").glob("preflight_*.json")
+    longest = max(r["projection"]["total_s"] for r in json.loads(report.read_text())["runs"])
+    expected = math.ceil(1.5 * longest / 60 + 10)
+    done = cli([*sweep, *SLURM, "--time", "auto", "--wait"], slurm_env)
+    assert done.returncode == 0, done.stderr
+    assert f"--time-min auto: {expected} min" in done.stderr
+    records = job_status.read_records(tmp_path / "results")
+    assert len(records) == 2 and {r["options"]["time_min"] for r in records} == {expected}
+    shown = subprocess.run(["scontrol", "show", "job", records[0]["job_id"]], env=slurm_env, capture_output=True,
+                           text=True)
+    if shown.returncode == 0:  # still known to the controller: its limit is the one asked for
+        assert f"TimeLimit={expected // 60:02d}:{expected % 60:02d}:00" in shown.stdout
