@@ -282,25 +282,25 @@ def probe(method, batches: list[int], image_size: int, precision: str, device: t
 
 
 class BoundTimes:
-    """The frozen backbone's training step and forward (bench's bounds), timed once per backbone,
-    precision and batch: the preflight's reference for a method's ratio when a stored bench has only
-    the bound for the target device."""
+    """The frozen backbone's training step and forward (bench's bounds), on a copy of the backbone
+    built once per architecture and timed right after each run's probes (so that the ratio of the
+    two is not skewed by the machine's drifting speed): the preflight's reference for a method's
+    speed on another device when the stored bench has only the bound."""
 
     def __init__(self, device: torch.device):
-        self.device, self.cache = device, {}
+        self.device, self.backbones = device, {}
 
     def __call__(self, backbone: str, precision: str, batch: int) -> tuple[float, float]:
-        key = (projection.architecture(backbone), precision, batch)  # the weights do not change the cost
-        if key not in self.cache:
+        key = projection.architecture(backbone)  # the weights do not change the cost
+        if key not in self.backbones:
             torch.manual_seed(0)
-            plain = build_backbone(backbone, pretrained=False).to(self.device)
-            size = backbone_input_size(backbone)
-            x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
-            train, forward = frozen_steps(plain, x, precision)
-            train()
-            forward()
-            self.cache[key] = (timed(train, self.device), timed(forward, self.device))
-        return self.cache[key]
+            self.backbones[key] = build_backbone(backbone, pretrained=False).to(self.device)
+        size = backbone_input_size(backbone)
+        x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        train, forward = frozen_steps(self.backbones[key], x, precision)
+        train()  # warm-up at this batch and precision
+        forward()
+        return timed(train, self.device, repeats=(1, 20)), timed(forward, self.device, repeats=(1, 20))
 
 
 def run_shape(config: RunConfig, result: dict[str, Any], caps: protocol.RunCaps, batch: int,
@@ -373,7 +373,7 @@ def preflight_run(config: RunConfig, settings: Settings, device: torch.device, s
     if target is None:
         report.projection = projection.project(shape, train_here, forward_here)
         report.projected_for = protocol.environment(device)["device_name"] or device.type
-        report.source = f"measured here ({device.type}, {config.precision})"
+        report.source = "measured here"
     else:
         path, bench = target
         top = max(batches)
@@ -462,7 +462,9 @@ def _mb(value: float | None) -> str:
 
 
 def _hours(seconds: float | None) -> str:
-    return "–" if seconds is None else (f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min")
+    if seconds is None:
+        return "–"
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def table(reports: list[Report], cuda: bool) -> str:
@@ -470,7 +472,7 @@ def table(reports: list[Report], cuda: bool) -> str:
     headers = ["run", "status", "trainable", "host MiB (cut run)", "host MiB est. @preset batch"]
     if cuda:
         headers += ["GPU MiB (cut run)", "GPU MiB est. @preset batch"]
-    headers += ["checkpoint MiB", "hook fixed s/task", "projected / run"]
+    headers += ["checkpoint MiB", "hook fixed s/task", "projected / run", "speed from"]
     rows = []
     for r in reports:
         if r.error:
@@ -481,7 +483,8 @@ def table(reports: list[Report], cuda: bool) -> str:
         if cuda:
             row += [f"{_mb(r.run_peak['device_mb'])} (b{r.run_peak['batch']})", f"{_mb(r.estimate['device_mb'])} (b{r.batch_size})"]
         fixed = max(r.hook_fixed_s, default=0.0)
-        row += [_mb(r.checkpoint_mb), f"{fixed:.2f}" if fixed >= 0.01 else "0", _hours(r.projection["total_s"])]
+        row += [_mb(r.checkpoint_mb), f"{fixed:.2f}" if fixed >= 0.01 else "0", _hours(r.projection["total_s"]),
+                r.source.split(": ")[-1]]
         rows.append(row)
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -495,6 +498,10 @@ def slurm_suggestion(reports: list[Report]) -> dict[str, int] | None:
     longest = max(r.projection["total_s"] for r in done)
     host = max(r.estimate["host_mb"] for r in done)
     return {"time_min": math.ceil(TIME_MARGIN * longest / 60 + SLACK_MIN), "mem_gb": math.ceil(MEM_MARGIN * host / 1024)}
+
+
+def config_precisions(configs: list[RunConfig]) -> str:
+    return "/".join(sorted({c.precision for c in configs})) or "?"
 
 
 def write_report(results_dir: str | Path, reports: list[Report], settings: Settings, device: torch.device) -> Path:
@@ -561,12 +568,15 @@ def run_preflight(runs: list[tuple[str, RunConfig | None, str | None]], settings
     projected_for = done[0].projected_for if done else "?"
     total = sum(r.projection["total_s"] for r in done)
     print(f"\n{len(done)} of {len(reports)} runs ok; preflight took {_hours(time.time() - started)}. "
-          f"Projected for {projected_for}: {total / 3600:.2f} h for the {len(done)} run(s) "
-          f"({', '.join(sorted({r.source for r in done})) or 'nothing measured'}).")
+          f"Projected for {projected_for} ({config_precisions(configs)}): {total / 3600:.2f} h for the "
+          f"{len(done)} run(s), one device each" + (f", from {target[0].name}" if target else "") + ".")
     print("host MiB: peak resident memory of the process (cut run at its batch; estimate at the preset's batch "
           "from two probe batches, never below the cut run's peak)"
           + ("; GPU MiB: torch's peak allocated" if cuda else "") + "; hook fixed: the hooks' time beyond their "
-          "data passes (design, memory update, ridge solve, re-initialisation), measured here")
+          "data passes (design, memory update, ridge solve, re-initialisation), measured here"
+          + ("; speed from: the bench's row of the method, or the bench's frozen bound divided by the method's "
+             "ratio to that bound measured here (hook fixed costs stay as measured here: an upper bound for a GPU)"
+             if target else ""))
     for r in done:
         for note in r.notes:
             print(f"note: {r.label}: {note}")

@@ -163,12 +163,10 @@ def bench_speed(bench: dict[str, Any], path: Path, method: str, train_ratio: flo
     (``train_ratio`` None: the method never trains)."""
     rows = {r["method"]: r for r in bench["rows"]}
     first = bench["rows"][0]
-    device = bench["environment"].get("device_name") or bench["environment"].get("device", "?")
-    where = f"{device}, {first.get('precision', '?')}{' compiled' if first.get('compile') else ''}, {path.name}"
     own = rows.get(method)
     if own is not None and (own.get("train_img_s") or train_ratio is None):
         train = None if train_ratio is None else LinearCost.throughput(own["train_img_s"])
-        return DeviceSpeed(train, LinearCost.throughput(own["eval_img_s"]), f"{where}: its own row")
+        return DeviceSpeed(train, LinearCost.throughput(own["eval_img_s"]), f"{path.name}: its own row")
     train = None if train_ratio is None else LinearCost.throughput(first["bound_train_img_s"] / train_ratio)
     return DeviceSpeed(train, LinearCost.throughput(first["bound_eval_img_s"] / eval_ratio),
-                       f"{where}: frozen bound / ratio measured here")
+                       f"{path.name}: bound / ratio here")

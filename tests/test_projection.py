@@ -61,7 +61,7 @@ def test_bench_speed_uses_the_methods_row_or_the_bound_over_the_measured_ratio(t
     assert own.train_step.at(128) == pytest.approx(128 / 3200) and "own row" in own.source
     other = projection.bench_speed(bench, path, "inflora", 1.25, 1.1)
     assert other.train_step.at(100) == pytest.approx(100 * 1.25 / 4000)
-    assert other.forward.at(100) == pytest.approx(100 * 1.1 / 10000) and "ratio measured here" in other.source
+    assert other.forward.at(100) == pytest.approx(100 * 1.1 / 10000) and "ratio here" in other.source
     assert projection.bench_speed(bench, path, "simplecil", None, 1.0).train_step is None
     assert projection.find_bench("h200", "vit_base_patch16_224.augreg_in21k", [tmp_path]) == path
     assert projection.find_bench("a100", "vit_base_patch16_224.augreg_in21k", [tmp_path]) is None
