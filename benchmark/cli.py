@@ -53,8 +53,8 @@ class OneLineParser(argparse.ArgumentParser):
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options that select and configure runs, shared by ``run`` and ``preflight``."""
     parser.add_argument("--methods", nargs="+", metavar="NAME",
-                        help="methods to run (default: every registered method except variants such as "
-                          "inflora-b5; see `list`)")
+                        help="methods to run, or all (variants included; default: every registered method except "
+                           "variants such as inflora-b5; see `list`)")
     parser.add_argument("--dataset", default="synth", help="benchmark name (default: synth)")
     parser.add_argument("--tasks", type=int, metavar="T", help="number of tasks (default: the dataset's standard)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
@@ -250,7 +250,8 @@ def resolve_runs(args: argparse.Namespace, errors: list[tuple[str, str]] | None 
     hyperparameter applies to the selected methods that define it (``settings_not_defined``).
     With ``errors``, a run whose configuration is invalid is left out and its (label, one-line
     error) appended there instead of raising."""
-    methods = list(dict.fromkeys(METHODS.canonical(m) for m in args.methods or METHODS.default_names()))
+    selected = METHODS.names() if args.methods == ["all"] else args.methods or METHODS.default_names()
+    methods = list(dict.fromkeys(METHODS.canonical(m) for m in selected))
     from benchmark.protocol import auto_device, resolve_device
 
     submitted = getattr(args, "launcher", "inline") != "inline"
