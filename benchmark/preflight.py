@@ -71,7 +71,7 @@ class Settings:
     train_batches: int = 2
     max_epochs: int = 2
     test_images: int = 2
-    batch: int | None = None  # probe batch; None: 2 on CPU, the preset's batch on CUDA
+    batch: int | None = None  # probe batch; None: see probe_batches
     fake_data: bool = False
     project_for: str | None = None
     bench: str | None = None
@@ -457,6 +457,25 @@ def check_prefetch(config: RunConfig, caps: protocol.RunCaps, device: torch.devi
     return same, len(seen[False]), seconds[False], seconds[True]
 
 
+def prefetch_check(reports: list[Report], configs: list[RunConfig], settings: Settings, sources: Sources,
+                   needs: dict[str, tuple[int, int]], device: torch.device, say: Callable[[str], None]) -> list[Report]:
+    """``check_prefetch`` on the first run that passed, said in one line; a failed row if the batches differ."""
+    first = next((r for r in reports if not r.error), None)
+    if first is None:
+        return []
+    config = next(c for c in configs if c.run_id() == first.run_id)
+    root, overrides = sources.data_for(config, needs[config.dataset])
+    executed = executed_config(config, settings, config.hparams["batch_size"], root, overrides,
+                               sources.pretrained_for(config))
+    same, count, without, ahead = check_prefetch(executed, protocol.RunCaps(max(settings.train_batches, 4), 2), device)
+    say(f"prefetch check ({first.label}, 2 epochs, 2 workers): {count} batches {'bit-identical' if same else 'DIFFER'} "
+        f"with and without --prefetch; step {without * 1e3:.1f} ms without, {ahead * 1e3:.1f} ms with")
+    if same:
+        return []
+    return [Report(label="prefetch check", error="--prefetch delivers other batches than the synchronous path; "
+                                                 "leave --prefetch off")]
+
+
 def _mb(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
@@ -547,20 +566,8 @@ def run_preflight(runs: list[tuple[str, RunConfig | None, str | None]], settings
                 reports.append(Report(label=name, run_id=config.run_id(), error=one_line_error(err)))
         state = reports[-1].error or f"ok, {_hours(reports[-1].projection['total_s'])} projected"
         tqdm.write(f"{name}: {state}", file=sys.stderr)
-    if device.type == "cuda" and configs:
-        first = next((r for r in reports if not r.error), None)
-        if first is not None:
-            config = next(c for c in configs if c.run_id() == first.run_id)
-            root, overrides = sources.data_for(config, needs[config.dataset])
-            executed = executed_config(config, settings, config.hparams["batch_size"], root, overrides,
-                                       sources.pretrained_for(config))
-            same, count, without, ahead = check_prefetch(executed, protocol.RunCaps(settings.train_batches, 2), device)
-            say(f"prefetch check ({first.label}, 2 epochs, 2 workers): {count} batches "
-                f"{'bit-identical' if same else 'DIFFER'} with and without --prefetch; step {without * 1e3:.1f} ms "
-                f"without, {ahead * 1e3:.1f} ms with")
-            if not same:
-                reports.append(Report(label="prefetch check", error="--prefetch delivers other batches than the "
-                                                                   "synchronous path; do not use --prefetch"))
+    if device.type == "cuda":
+        reports += prefetch_check(reports, configs, settings, sources, needs, device, say)
     cuda = device.type == "cuda"
     print()
     print(table(reports, cuda))

@@ -161,3 +161,16 @@ def test_projected_time_of_a_full_synth_run_is_within_25_percent(tmp_path, capsy
                      "--results-dir", str(results)]) == 0
     projected = latest_report(results)["runs"][0]["projection"]["total_s"]
     assert abs(projected - measured) <= 0.25 * measured, (projected, measured)
+
+
+def test_the_prefetch_check_compares_every_batch_of_two_epochs(tmp_path):
+    """On CPU prefetch is a pass-through, so the check must find the same batches; on CUDA it compares
+    the side stream's batches with the synchronous path's (run by preflight on a GPU)."""
+    import torch
+
+    args = cli.build_parser().parse_args(["run", "--methods", "seq-lora", *SMALL_SYNTH])
+    [config] = cli.resolve_runs(args)
+    config = preflight.executed_config(config, preflight.Settings(scratch=tmp_path), 8, None, {}, False)
+    same, count, without, ahead = preflight.check_prefetch(config, preflight.protocol.RunCaps(3, 2),
+                                                           torch.device("cpu"))
+    assert same and count == 2 * 3 and without > 0 and ahead > 0
