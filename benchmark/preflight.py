@@ -56,6 +56,7 @@ from benchmark.config import RunConfig
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 from datasets import standin
+from methods.base import Method
 
 # --time-min auto: the longest projected run times this, plus SLACK_MIN minutes (start-up, data
 # loading on a cold file system, a slower node); --mem-gb: the largest host estimate times MEM_MARGIN
@@ -226,9 +227,9 @@ def executed_config(config: RunConfig, settings: Settings, batch: int, data_root
 
 
 def reload_and_check(config: RunConfig, checkpointer: Checkpointer, caps: protocol.RunCaps,
-                     result: dict[str, Any], device: torch.device):
+                     result: dict[str, Any], device: torch.device) -> Method:
     """A freshly built method with the run's last checkpoint loaded, checked to reproduce the last
-    evaluation row; returns (split, method)."""
+    evaluation row."""
     split, method = protocol.build_run(config, device, caps)
     saved = checkpointer.load(config.run_id())
     if saved is None:
@@ -237,9 +238,10 @@ def reload_and_check(config: RunConfig, checkpointer: Checkpointer, caps: protoc
     last = method.current_task
     row, _, _ = protocol.evaluate(method, split, last, device, config.precision)
     if row != result["acc_matrix"][-1]:
-        raise ReloadMismatch(f"the method reloaded from its checkpoint evaluates to {row}, the run to "
-                             f"{result['acc_matrix'][-1]}")
-    return split, method
+        task = next(j for j, (a, b) in enumerate(zip(row, result["acc_matrix"][-1])) if a != b)
+        raise ReloadMismatch(f"the method reloaded from its checkpoint scores {row[task]:.2f} % on task {task + 1}'s "
+                             f"test images, the run {result['acc_matrix'][-1][task]:.2f} %")
+    return method
 
 
 def probe(method, batches: list[int], image_size: int, precision: str, device: torch.device
@@ -351,7 +353,7 @@ def preflight_run(config: RunConfig, settings: Settings, device: torch.device, s
         result = protocol.run(executed, progress=False, checkpointer=checkpointer, caps=caps)
     store.write_result(settings.scratch, result)
     report.run_peak = {"batch": cut_batch, "host_mb": run_peak.host_mb, "device_mb": run_peak.device_mb}
-    split, method = reload_and_check(executed, checkpointer, caps, result, device)
+    method = reload_and_check(executed, checkpointer, caps, result, device)
     checkpointer.remove()
     size = backbone_input_size(config.backbone)
     report.probe = probe(method, batches, size, config.precision, device)
