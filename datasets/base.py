@@ -355,9 +355,9 @@ class TaskSplit:
 
     def task_image_counts(self, uncut: bool = False) -> list[dict[str, int]]:
         """Training and test images of each task (``uncut``: of the full split, where this one is cut)."""
-        indices = TaskSplit._task_indices.__get__(self) if uncut else self._task_indices
+        indices = TaskSplit._task_indices if uncut else type(self)._task_indices
         sides = {"train": self.label_map[self.data.train_targets], "test": self.label_map[self.data.test_targets]}
-        return [{side: len(indices(positions, t, side)) for side, positions in sides.items()}
+        return [{side: len(indices(self, positions, t, side)) for side, positions in sides.items()}
                 for t in range(self.n_tasks)]
 
 

@@ -2,7 +2,7 @@
 ViT-B/16, 224 px, bf16, on each data set's stand-in at its standard task count (and 5 / 20 tasks
 on ImageNet-R), projected for the H200 of the stored bench result; prints one markdown table.
 
-    python scripts/preflight_matrix.py --results-dir /tmp/matrix          # runs the six preflights
+    python scripts/preflight_matrix.py --results-dir /tmp/matrix          # runs the six preflights (those not done yet)
     python scripts/preflight_matrix.py --results-dir /tmp/matrix --render  # the table from their reports
 
 Each preflight's report is <results-dir>/<dataset>_T<tasks>/preflight/preflight_*.json and its wall
@@ -21,8 +21,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [("imagenet-r", 10), ("imagenet-r", 5), ("imagenet-r", 20), ("cifar100", 10), ("imagenet-a", 10),
-           ("domainnet", 5)]
+CONFIGS = [("imagenet-r", 10), ("imagenet-r", 5), ("cifar100", 10), ("imagenet-a", 10), ("domainnet", 5),
+           ("imagenet-r", 20)]
 CUT = ["--methods", "all", "--precision", "bf16", "--train-batches", "1", "--max-epochs", "1", "--test-images", "1",
        "--project-for", "h200", "--device", "cpu", "--no-progress"]
 
@@ -32,6 +32,8 @@ def run(results: Path) -> None:
     walls = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     for dataset, tasks in CONFIGS:
         name = f"{dataset}_T{tasks}"
+        if walls.get(name, {}).get("exit") == 0:  # done already: kept
+            continue
         start = time.time()
         done = subprocess.run([sys.executable, "run_benchmark.py", "preflight", "--dataset", dataset, "--tasks",
                                str(tasks), *CUT, "--results-dir", str(results / name),
