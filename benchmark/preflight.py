@@ -62,6 +62,7 @@ from methods.base import Method
 # loading on a cold file system, a slower node); --mem-gb: the largest host estimate times MEM_MARGIN
 TIME_MARGIN, SLACK_MIN, MEM_MARGIN = 1.5, 10, 1.25
 REPORTS = "preflight"  # <results-dir>/preflight/preflight_<stamp>.json
+PREFETCH_BATCHES = 4  # batches per epoch the CUDA prefetch check compares, at least
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Report:
     run_id: str | None = None
     error: str | None = None
     batch_size: int | None = None  # the preset's
+    eval_batch: int | None = None  # the real run's evaluation batch
     trainable_params: int | None = None
     probe: dict[int, dict[str, float | None]] = field(default_factory=dict)  # batch -> peaks, seconds
     run_peak: dict[str, float | None] = field(default_factory=dict)
@@ -161,16 +163,29 @@ def probe_batches(device: torch.device, preset_batch: int, batch: int | None, ba
     return [first, 2 * first]
 
 
+def forward_only_batches(device: torch.device, batches: list[int]) -> tuple[int, ...]:
+    """A wider batch for the forward probe, whose memory per image is small against the allocator's
+    noise: the real evaluation batch on CUDA, four times the larger probe batch on CPU."""
+    wide = projection.EVAL_BATCH if device.type == "cuda" else 4 * max(batches)
+    return () if wide <= max(batches) else (wide,)
+
+
+def cut_batch_of(device: torch.device, preset_batch: int, batch: int | None, backbone: str) -> int:
+    """The batch the cut run trains at: ``batch`` if given, else the preset's on CUDA, else the
+    smaller probe batch."""
+    return batch or (preset_batch if device.type == "cuda" else probe_batches(device, preset_batch, None, backbone)[0])
+
+
 def classes_per_task(config: RunConfig) -> int:
     tasks = 1 if METHODS.get(config.method).single_task else config.n_tasks
     return DATASETS.get(config.dataset).num_classes // tasks
 
 
-def per_class_needs(config: RunConfig, settings: Settings, batch: int) -> tuple[int, int]:
-    """Training and test images per class a stand-in needs for this run's cut tasks."""
+def per_class_needs(config: RunConfig, train_batches: int, test_images: int, batch: int) -> tuple[int, int]:
+    """Training and test images per class a stand-in needs for ``train_batches`` batches of ``batch``
+    and ``test_images`` test images per task of this run."""
     per_task = classes_per_task(config)
-    return (max(1, math.ceil(settings.train_batches * batch / per_task)),
-            max(1, math.ceil(settings.test_images / per_task)))
+    return max(1, math.ceil(train_batches * batch / per_task)), max(1, math.ceil(test_images / per_task))
 
 
 class Sources:
@@ -237,6 +252,9 @@ def reload_and_check(config: RunConfig, checkpointer: Checkpointer, caps: protoc
     method.load_checkpoint_state(saved["method"])
     last = method.current_task
     row, _, _ = protocol.evaluate(method, split, last, device, config.precision)
+    if len(row) != len(result["acc_matrix"][-1]):
+        raise ReloadMismatch(f"the method reloaded from its checkpoint has seen {len(row)} tasks, the run "
+                             f"{len(result['acc_matrix'][-1])}")
     if row != result["acc_matrix"][-1]:
         task = next(j for j, (a, b) in enumerate(zip(row, result["acc_matrix"][-1])) if a != b)
         raise ReloadMismatch(f"the method reloaded from its checkpoint scores {row[task]:.2f} % on task {task + 1}'s "
@@ -244,23 +262,23 @@ def reload_and_check(config: RunConfig, checkpointer: Checkpointer, caps: protoc
     return method
 
 
-def probe(method, batches: list[int], image_size: int, precision: str, device: torch.device
-          ) -> dict[int, dict[str, float | None]]:
+def probe(method, batches: list[int], image_size: int, precision: str, device: torch.device,
+          forward_only: tuple[int, ...] = ()) -> dict[int, dict[str, float | None]]:
     """Peak memory (host MiB; CUDA MiB) and seconds of a training step (the first step untimed, so the
     optimiser's state exists in the timed ones) and of a forward pass (``predict``) at each batch
-    size, smallest first, on the last task that trains (none: forward only). Random inputs: the
-    values do not change the cost."""
+    size, smallest first, on the last task that trains (none: forward only); at the batches of
+    ``forward_only`` the forward pass alone. Random inputs: the values do not change the cost."""
     last = method.current_task
     trained = next((t for t in (last, 0) if method.trainable_parameters(t)), None)
     task = last if trained is None else trained
     classes = method.task_classes(task)
     figures: dict[int, dict[str, float | None]] = {}
-    for batch in sorted(batches):
+    for batch in sorted({*batches, *forward_only}):
         generator = torch.Generator().manual_seed(batch)
         x = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
         y = (torch.arange(batch) % len(classes) + classes.start).to(device)
         row: dict[str, float | None] = {}
-        if trained is not None:
+        if trained is not None and batch in batches:
             optimizer = protocol.build_optimizer(protocol.declare_trainable(method, trained), method.cfg)
             step = train_step_fn(method, method.training_loss, optimizer, x, y, trained, precision)
             with peak_memory.measure(device) as peak:
@@ -283,26 +301,20 @@ def probe(method, batches: list[int], image_size: int, precision: str, device: t
     return figures
 
 
-class BoundTimes:
-    """The frozen backbone's training step and forward (bench's bounds), on a copy of the backbone
-    built once per architecture and timed right after each run's probes (so that the ratio of the
-    two is not skewed by the machine's drifting speed): the preflight's reference for a method's
-    speed on another device when the stored bench has only the bound."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.backbones = device, {}
-
-    def __call__(self, backbone: str, precision: str, batch: int) -> tuple[float, float]:
-        key = projection.architecture(backbone)  # the weights do not change the cost
-        if key not in self.backbones:
-            torch.manual_seed(0)
-            self.backbones[key] = build_backbone(backbone, pretrained=False).to(self.device)
-        size = backbone_input_size(backbone)
-        x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
-        train, forward = frozen_steps(self.backbones[key], x, precision)
-        train()  # warm-up at this batch and precision
-        forward()
-        return timed(train, self.device, repeats=(1, 20)), timed(forward, self.device, repeats=(1, 20))
+def bound_times(backbone: str, precision: str, batch: int, device: torch.device) -> tuple[float, float]:
+    """Seconds of the frozen backbone's training step and forward (bench's bounds) at ``batch``, on a
+    fresh copy built for the timing and released after it (so it never adds to a run's measured
+    memory). Timed right after each run's probes, so that the method's ratio to the bound is not
+    skewed by the machine's drifting speed: the reference for a method's speed on another device
+    when the stored bench has only the bound."""
+    torch.manual_seed(0)
+    plain = build_backbone(backbone, pretrained=False).to(device)
+    size = backbone_input_size(backbone)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    train, forward = frozen_steps(plain, x, precision)
+    train()  # warm-up at this batch and precision
+    forward()
+    return timed(train, device, repeats=(1, 20)), timed(forward, device, repeats=(1, 20))
 
 
 def run_shape(config: RunConfig, result: dict[str, Any], caps: protocol.RunCaps, batch: int,
@@ -332,17 +344,30 @@ def run_shape(config: RunConfig, result: dict[str, Any], caps: protocol.RunCaps,
 
 
 def _estimate(points: list[tuple[int, float | None]], batch: int) -> float | None:
-    points = [(b, v) for b, v in points if v is not None]
+    points = [(int(b), v) for b, v in points if v is not None]
     return projection.LinearCost.fit(points).at(batch) if points else None
 
 
+def estimate_peaks(probe: dict, run_peak: dict, preset_batch: int, eval_batch: int) -> dict[str, float | None]:
+    """Peak MiB (host; CUDA) at the preset's batch: the largest of the cut run's peak, the training
+    probes extrapolated to ``preset_batch`` and the forward probes extrapolated to ``eval_batch`` (the
+    real evaluation batch: 256, or a task's test images when fewer)."""
+    estimate: dict[str, float | None] = {}
+    for kind in ("host", "device"):
+        train = _estimate([(b, f.get(f"train_{kind}_mb")) for b, f in probe.items()], preset_batch)
+        forward = _estimate([(b, f.get(f"eval_{kind}_mb")) for b, f in probe.items()], eval_batch)
+        measured = [v for v in (run_peak[f"{kind}_mb"], train, forward) if v is not None]
+        estimate[f"{kind}_mb"] = round(max(measured)) if measured else None
+    return estimate
+
+
 def preflight_run(config: RunConfig, settings: Settings, device: torch.device, sources: Sources,
-                  needs: tuple[int, int], bounds: BoundTimes, target: tuple[Path, dict] | None) -> Report:
+                  needs: tuple[int, int], target: tuple[Path, dict] | None) -> Report:
     """Preflight of one run (see the module docstring); raises on any failure."""
     started = time.time()
     preset_batch = config.hparams["batch_size"]
     batches = probe_batches(device, preset_batch, settings.batch, config.backbone)
-    cut_batch = batches[0] if device.type != "cuda" else batches[-1]
+    cut_batch = cut_batch_of(device, preset_batch, settings.batch, config.backbone)
     data_root, overrides = sources.data_for(config, needs)
     executed = executed_config(config, settings, cut_batch, data_root, overrides, sources.pretrained_for(config))
     caps = protocol.RunCaps(settings.train_batches, settings.test_images)
@@ -356,22 +381,21 @@ def preflight_run(config: RunConfig, settings: Settings, device: torch.device, s
     method = reload_and_check(executed, checkpointer, caps, result, device)
     checkpointer.remove()
     size = backbone_input_size(config.backbone)
-    report.probe = probe(method, batches, size, config.precision, device)
+    report.probe = probe(method, batches, size, config.precision, device, forward_only_batches(device, batches))
     report.trainable_params = max(result["trainable_params"])
     report.checkpoint_mb = round(checkpointer.size_mb, 1)
     trains = any(p > 0 for p in result["trainable_params"])
-    eval_batch = min(projection.EVAL_BATCH, max(t["test"] for t in result["data_info"]["uncut_task_images"]))
-    for kind in ("host", "device"):
-        train = _estimate([(b, f.get(f"train_{kind}_mb")) for b, f in report.probe.items()], preset_batch)
-        forward = _estimate([(b, f[f"eval_{kind}_mb"]) for b, f in report.probe.items()], eval_batch)
-        measured = [v for v in (report.run_peak[f"{kind}_mb"], train, forward) if v is not None]
-        report.estimate[f"{kind}_mb"] = round(max(measured)) if measured else None
-    train_here = projection.LinearCost.fit([(b, f["train_s"]) for b, f in report.probe.items()]) if trains else None
+    train_here = projection.LinearCost.fit([(b, f["train_s"]) for b, f in report.probe.items()
+                                            if "train_s" in f]) if trains else None
     forward_here = projection.LinearCost.fit([(b, f["eval_s"]) for b, f in report.probe.items()])
     checkpoint_s = statistics.mean(checkpointer.seconds) if checkpointer.seconds else 0.0
     uses_standin = data_root != config.data_root
     shape = run_shape(config, result, caps, cut_batch, forward_here, checkpoint_s, uses_standin)
     report.hook_fixed_s = [round(s, 3) for s in shape.hook_fixed_s]
+    report.eval_batch = min(projection.EVAL_BATCH, max(t["test"] for t in shape.task_images))
+    report.estimate = estimate_peaks(report.probe, report.run_peak, preset_batch, report.eval_batch)
+    if not run_peak.resettable:
+        report.notes.append("host peaks are the process's lifetime peak (/proc/self/clear_refs is not writable here)")
     if target is None:
         report.projection = projection.project(shape, train_here, forward_here)
         report.projected_for = protocol.environment(device)["device_name"] or device.type
@@ -379,7 +403,7 @@ def preflight_run(config: RunConfig, settings: Settings, device: torch.device, s
     else:
         path, bench = target
         top = max(batches)
-        bound_train, bound_forward = bounds(config.backbone, config.precision, top)
+        bound_train, bound_forward = bound_times(config.backbone, config.precision, top, device)
         train_ratio = report.probe[top]["train_s"] / bound_train if trains else None
         speed = projection.bench_speed(bench, path, config.method, train_ratio, report.probe[top]["eval_s"] / bound_forward)
         report.projection = projection.project(shape, speed.train_step, speed.forward)
@@ -469,7 +493,8 @@ def prefetch_check(reports: list[Report], configs: list[RunConfig], settings: Se
     root, overrides = sources.data_for(config, needs[config.dataset])
     executed = executed_config(config, settings, config.hparams["batch_size"], root, overrides,
                                sources.pretrained_for(config))
-    same, count, without, ahead = check_prefetch(executed, protocol.RunCaps(max(settings.train_batches, 4), 2), device)
+    caps = protocol.RunCaps(max(settings.train_batches, PREFETCH_BATCHES), 2)
+    same, count, without, ahead = check_prefetch(executed, caps, device)
     say(f"prefetch check ({first.label}, 2 epochs, 2 workers): {count} batches {'bit-identical' if same else 'DIFFER'} "
         f"with and without --prefetch; step {without * 1e3:.1f} ms without, {ahead * 1e3:.1f} ms with")
     if same:
@@ -548,12 +573,12 @@ def run_preflight(runs: list[tuple[str, RunConfig | None, str | None]], settings
     target = bench_target(settings, {c.backbone for c in configs}) if configs else None
     if target:
         say(f"projected for {target[1]['environment'].get('device_name', '?')} from the stored bench result {target[0]}")
-    sources, bounds = Sources(settings, say), BoundTimes(device)
+    sources = Sources(settings, say)
     needs: dict[str, tuple[int, int]] = {}
     for config in configs:
-        batch = probe_batches(device, config.hparams["batch_size"], settings.batch, config.backbone)
-        cut_batch = batch[0] if device.type != "cuda" else batch[-1]
-        train, test = per_class_needs(config, settings, cut_batch)
+        cut_batch = cut_batch_of(device, config.hparams["batch_size"], settings.batch, config.backbone)
+        batches = max(settings.train_batches, PREFETCH_BATCHES) if device.type == "cuda" else settings.train_batches
+        train, test = per_class_needs(config, batches, settings.test_images, cut_batch)
         old = needs.get(config.dataset, (0, 0))
         needs[config.dataset] = (max(old[0], train), max(old[1], test))
     reports = []
@@ -563,13 +588,16 @@ def run_preflight(runs: list[tuple[str, RunConfig | None, str | None]], settings
             reports.append(Report(label=name, error=error))
         else:
             try:
-                reports.append(preflight_run(config, settings, device, sources, needs[config.dataset], bounds, target))
+                reports.append(preflight_run(config, settings, device, sources, needs[config.dataset], target))
             except Exception as err:  # any failure of one run is that run's line; the others go on
                 reports.append(Report(label=name, run_id=config.run_id(), error=one_line_error(err)))
         state = reports[-1].error or f"ok, {_hours(reports[-1].projection['total_s'])} projected"
         tqdm.write(f"{name}: {state}", file=sys.stderr)
     if device.type == "cuda":
-        reports += prefetch_check(reports, configs, settings, sources, needs, device, say)
+        try:
+            reports += prefetch_check(reports, configs, settings, sources, needs, device, say)
+        except Exception as err:  # reported as its own row, never a traceback that loses the table
+            reports.append(Report(label="prefetch check", error=one_line_error(err)))
     cuda = device.type == "cuda"
     print()
     print(table(reports, cuda))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,13 @@ def find_bench(device: str, backbone: str, folders: list[Path]) -> Path | None:
     """The newest stored bench result for a device whose name contains ``device`` (case-insensitive;
     e.g. ``h200``) and whose backbone has the architecture of ``backbone``; None if there is none."""
     for path in bench_files(folders):
-        data = read_bench(path)
+        try:
+            data = read_bench(path)
+        except ValueError as err:
+            print(f"warning: {err} (skipped)", file=sys.stderr)
+            continue
         name = f"{data['environment'].get('device_name', '')} {data['environment'].get('device', '')}"
-        if device.lower() in name.lower() and any(architecture(r["backbone"]) == architecture(backbone)
+        if device.lower() in name.lower() and any(architecture(r.get("backbone", "")) == architecture(backbone)
                                                   for r in data["rows"]):
             return path
     return None

@@ -42,6 +42,19 @@ def run(results: Path) -> None:
         walls_path.write_text(json.dumps(walls, indent=1))
 
 
+def host_estimate(row: dict) -> tuple[float, bool]:
+    """The row's host estimate at the preset's batch from its probes, and whether it includes the
+    forward pass at the evaluation batch: reports written before the forward probe had its wider
+    batch (2026-12-04) probed it at batches 2 and 4 only, too close for a 64-fold extrapolation, so
+    for them only the cut run and the training probes count."""
+    from benchmark.preflight import estimate_peaks
+
+    if len(row["probe"]) > 2:
+        return estimate_peaks(row["probe"], row["run_peak"], row["batch_size"], row["eval_batch"])["host_mb"], True
+    training = {b: {k: v for k, v in f.items() if k.startswith("train")} for b, f in row["probe"].items()}
+    return estimate_peaks(training, row["run_peak"], row["batch_size"], 1)["host_mb"], False
+
+
 def render(results: Path) -> str:
     walls = json.loads((results / "walls.json").read_text())
     reports = {}
@@ -62,7 +75,9 @@ def render(results: Path) -> str:
             elif row["error"]:
                 cells.append(f"error: {row['error'][:60]}")
             else:
-                cells.append(f"{row['projection']['total_s'] / 60:.1f} min, {row['estimate']['host_mb'] / 1024:.1f} GiB")
+                host, with_forward = host_estimate(row)
+                cells.append(f"{row['projection']['total_s'] / 60:.1f} min, {host / 1024:.1f} GiB"
+                             + ("" if with_forward else " †"))
         table.append([method, *cells])
     ok = {name: [r for r in reports[name].values() if not r["error"]] for name in names}
     table.append(["**all runs: H200 GPU-hours**",

@@ -46,7 +46,8 @@ def test_preflight_runs_every_task_into_scratch_and_never_into_the_store(tmp_pat
         assert row["error"] is None
         assert row["run_id"] != cut[name]["run_id"]  # the cut run is another configuration (batch, epochs)
         assert row["projection"]["total_s"] > 0 and row["estimate"]["host_mb"] > 0
-        assert set(map(int, row["probe"])) == {32, 64}
+        assert set(map(int, row["probe"])) == {32, 64, 256}  # training and forward at 32, 64; forward at 256
+        assert "train_s" not in row["probe"]["256"] and row["probe"]["256"]["eval_s"] > 0
     assert rows["ranpac"]["projection"]["hooks_s"] > 0 and rows["inflora"]["projection"]["hooks_s"] > 0
     assert len(rows["inflora"]["hook_fixed_s"]) == 5 and min(rows["coda"]["hook_fixed_s"]) >= 0
     assert report["slurm"]["time_min"] >= preflight.SLACK_MIN and report["slurm"]["mem_gb"] >= 1
