@@ -105,7 +105,7 @@ torchvision.__version__, \"timm\", timm.__version__, \"cuda\", torch.version.cud
     # its prefetch check (side-stream batches against the synchronous path, step time with and without)
     step preflight 240 "$PY" run_benchmark.py preflight --methods seq-lora inflora l2p --dataset imagenet-r \
       --fake-data --backbone "$BACKBONE" --device "$DEVICE" --precision bf16 --num-workers 2 --no-progress \
-      --results-dir "$OUT"
+      --results-dir "$OUT" --scratch "$(mktemp -d)"
   fi
   echo "gpu_figures: done $(date -u +%FT%TZ); files:"
   find "$OUT" -type f | sort

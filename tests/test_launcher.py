@@ -277,7 +277,7 @@ def test_a_run_of_unknown_state_is_neither_resubmitted_nor_waited_for(tmp_path):
     [record] = job_status.read_records(results)
     store.result_path(results, record["run_id"]).unlink()
     path = job_status.record_path(results, record["run_id"])
-    path.write_text(path.read_text().replace(f'"launcher": "debug"', '"launcher": "local"')
+    path.write_text(path.read_text().replace('"launcher": "debug"', '"launcher": "local"')
                     .replace(f'"host": "{record["host"]}"', '"host": "elsewhere"'))
     rerun = subprocess.run([*argv, "--launcher", "local"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                            env={**os.environ, "CL_POLL_S": "0.2"})
