@@ -79,17 +79,18 @@ OP_CLASSES = {"attention": ("attention", "softmax"), "gemm": ("mm", "linear", "m
 OTHER_CLASS = "elementwise"
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA; nothing elsewhere), so that timings include it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _seconds(step: Callable[[], Any], steps: int, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -192,7 +193,7 @@ def time_breakdown(step: Callable[[], Any], device: torch.device, steps: int = 3
     with torch.profiler.profile(activities=activities) as profile:
         for _ in range(steps):
             step()
-        _sync(device)
+        sync(device)
     attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     times: dict[str, float] = defaultdict(float)
     for event in profile.key_averages():
@@ -261,11 +262,11 @@ def _batches(n: int, batch_size: int, size: int, task: int, device: torch.device
 
 def _hooks_seconds(method, task: int, loader: list, precision: str) -> float:
     """Seconds of ``begin_task`` + ``end_task`` of ``task`` over ``loader``, run as the protocol does."""
-    _sync(method.device)
+    sync(method.device)
     start = time.perf_counter()
     protocol.run_hook(method.begin_task, task, loader, method.device, precision)
     protocol.run_hook(method.end_task, task, loader, method.device, precision)
-    _sync(method.device)
+    sync(method.device)
     return time.perf_counter() - start
 
 
@@ -286,10 +287,10 @@ def ridge_solve_seconds(method, task: int, samples: int) -> float:
     features = torch.randn(samples, method.feature_dim, generator=generator).abs().to(method.device)
     first = sum(method.task_sizes[:task])
     labels = (torch.arange(samples) % method.task_sizes[task] + first).to(method.device)
-    _sync(method.device)
+    sync(method.device)
     start = time.perf_counter()
     method.absorb(task, features, labels)
-    _sync(method.device)
+    sync(method.device)
     return time.perf_counter() - start
 
 

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from benchmark import peak_memory, projection, protocol, store
 from benchmark.backbones import SYNTH_VIT, backbone_input_size, build_backbone
-from benchmark.bench import frozen_steps, train_step_fn
+from benchmark.bench import frozen_steps, sync, train_step_fn
 from benchmark.checkpoint import Checkpointer
 from benchmark.config import RunConfig
 from benchmark.errors import ConfigError
@@ -121,21 +121,16 @@ class ReloadMismatch(RuntimeError):
     """A method rebuilt from the run's last checkpoint does not reproduce its last evaluation."""
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(step: Callable[[], Any], device: torch.device, least_s: float = 0.3, repeats: tuple[int, int] = (2, 20)
           ) -> float:
     """Median seconds of calls of ``step``: at least ``repeats[0]`` calls, more until ``least_s``
     seconds have passed, at most ``repeats[1]``."""
     times: list[float] = []
     while len(times) < repeats[0] or (sum(times) < least_s and len(times) < repeats[1]):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -464,7 +459,7 @@ def check_prefetch(config: RunConfig, caps: protocol.RunCaps, device: torch.devi
         loader = protocol.Loader(split.train_set(0), method.cfg.batch_size, shuffle=True, seed=0, num_workers=workers,
                                  pin_memory=True, device=device, prefetch=ahead)
         batches, steps = [], 0
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for epoch in range(epochs):
             loader.set_epoch(epoch)
@@ -474,7 +469,7 @@ def check_prefetch(config: RunConfig, caps: protocol.RunCaps, device: torch.devi
                     train_step_fn(method, method.training_loss, optimizer, x, y, 0, config.precision)()
                 batches.append((x.cpu(), y.cpu()))
                 steps += 1
-        _sync(device)
+        sync(device)
         seconds[ahead] = (time.perf_counter() - start) / max(steps, 1)
         seen[ahead] = batches
         loader.close()

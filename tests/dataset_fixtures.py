@@ -19,6 +19,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from datasets.standin import wnid_names as wnids  # the same names the stand-ins use
+
 DOMAINNET_CLASSES = 345
 IMAGENET_CLASSES = 200
 
@@ -57,11 +59,6 @@ def write_jpeg(path: Path, index: int = 0) -> None:
 def corrupt(path: Path) -> None:
     """Overwrite an image with bytes no decoder accepts."""
     path.write_bytes(b"this is not an image" * 8)
-
-
-def wnids(count: int, offset: int) -> list[str]:
-    """``count`` sorted WordNet-style ids (``n0...``); different offsets give disjoint sets."""
-    return [f"n{offset + 7919 * i:08d}" for i in range(count)]
 
 
 def write_cifar100(root: Path, train_per_class: int = 2, test_per_class: int = 1) -> Written:
