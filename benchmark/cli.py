@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--test-images", type=int, default=2, metavar="N", help="test images per task (default: 2)")
     cut.add_argument("--probe-batch", type=int, metavar="B",
                      help="batch size of the cut run; memory and time are also probed at twice it (default: 2 on "
-                          "CPU; on CUDA the preset's batch, probed with half of it)")
+                          "CPU, 32 for the tiny synth ViT; on CUDA the preset's batch, probed with half of it)")
     cut.add_argument("--fake-data", action="store_true",
                      help="a generated stand-in of each data set even where --data-root holds the real one")
     cut.add_argument("--project-for", metavar="DEVICE",
