@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from benchmark import paired, reproduction, store
+from benchmark import paired, store
 from benchmark.report import _benchmarks, _in_benchmark, _mean_sd, _runs_of, _save_figure
 
 # Heatmap colours: matplotlib's viridis on a fixed 0-100 % scale (the same for both matrices and
@@ -50,7 +50,8 @@ table.tm tr>th:first-child{text-align:left}
 """
 
 
-def _page_head(title: str) -> str:
+def page_head(title: str) -> str:
+    """The page's opening up to ``<body>``: its title and the inline CSS (also the reproduction page's)."""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_STYLE}{_colour_css()}</style></head><body>")
 
@@ -60,7 +61,7 @@ def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) ->
     and ``paired.with_paired``) and the ``report.collect`` rows ``runs`` behind them (their
     ``result`` column)."""
     runs_folder = store.runs_dir(results_dir).resolve()
-    parts = [_page_head("Leaderboard"), "<h1>Continual-learning leaderboard</h1>"
+    parts = [page_head("Leaderboard"), "<h1>Continual-learning leaderboard</h1>"
              "<p class='note'>A_T: final accuracy, A_bar: average incremental accuracy (both sample-weighted, %), "
              "mean ± sample sd over seeds; forgetting: max-based. Hover a method for its configuration; "
              "s0, s1, … open each run's section (matrices, timings, configuration, run file).</p>"]
@@ -230,18 +231,3 @@ def _key_values(values: dict[str, Any], caption: str) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v))}</td>"
                    "</tr>" for k, v in _flatten(values))
     return f"<table class='kv'><caption>{caption}</caption>{rows}</table>" if rows else ""
-
-
-def reproduction_page(table: pd.DataFrame) -> str:
-    """``report --reproduction --format html``: the reproduction table (``reproduction.build``) as a
-    self-contained page, verdicts coloured, numbered sources and the verdict rule below."""
-    rows, sources = reproduction.text_cells(table)
-    verdicts = {reproduction.WITHIN_SPREAD: "pos", reproduction.WITHIN_POINT: "pos", reproduction.OFF: "neg"}
-    head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{html.escape(h)}</th>" for h in reproduction.HEADERS)
-    body = "".join("<tr>" + "".join(
-        f"<td class='{'m' if i == 0 else verdicts.get(cell, '') if i == 9 else ''}'>{html.escape(str(cell))}</td>"
-        for i, cell in enumerate(row)) + "</tr>" for row in rows)
-    notes = "".join(f"<li>{html.escape(source)}</li>" for source in sources)
-    return (_page_head("Reproduction") + "<h1>Reproduction of published numbers</h1>"
-            f"<table><tr>{head}</tr>{body}</table><ol class='note'>{notes}</ol>"
-            f"<p class='note'>{html.escape(reproduction.VERDICT_RULE)}</p></body></html>\n")

@@ -18,6 +18,7 @@ shown beside it but does not enter the verdict.
 
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
@@ -25,6 +26,7 @@ from tabulate import tabulate
 
 from benchmark import report
 from benchmark.errors import ConfigError
+from benchmark.html_report import page_head
 
 VARIANT_COLUMNS = {("final_acc", "sample-weighted"): "final_acc", ("final_acc", "task-mean"): "final_acc_task_mean",
                    ("avg_acc", "sample-weighted"): "avg_acc", ("avg_acc", "task-mean"): "avg_acc_task_mean",
@@ -147,6 +149,21 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_html(table: pd.DataFrame) -> str:
+    """``report --reproduction --format html``: a self-contained page in the leaderboard's style
+    (``html_report.page_head``), verdicts coloured, numbered sources and the verdict rule below."""
+    rows, sources = text_cells(table)
+    verdicts = {WITHIN_SPREAD: "pos", WITHIN_POINT: "pos", OFF: "neg"}
+    head = "".join(f"<th class='{'m' if h == 'method' else ''}'>{html.escape(h)}</th>" for h in HEADERS)
+    body = "".join("<tr>" + "".join(
+        f"<td class='{'m' if i == 0 else verdicts.get(cell, '') if i == 9 else ''}'>{html.escape(str(cell))}</td>"
+        for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    notes = "".join(f"<li>{html.escape(source)}</li>" for source in sources)
+    return (page_head("Reproduction") + "<h1>Reproduction of published numbers</h1>"
+            f"<table><tr>{head}</tr>{body}</table><ol class='note'>{notes}</ol>"
+            f"<p class='note'>{html.escape(VERDICT_RULE)}</p></body></html>\n")
+
+
 def render(table: pd.DataFrame, fmt: str) -> str:
     """The reproduction table (``build``) in one of ``report.FORMATS`` or html."""
     if fmt == "markdown":
@@ -158,7 +175,5 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return table.to_json(orient="records", indent=1) + "\n"
     if fmt == "html":
-        from benchmark import html_report
-
-        return html_report.reproduction_page(table)
+        return to_html(table)
     raise ConfigError(f"--reproduction has no {fmt!r} format; choose one of {', '.join(report.FORMATS)}, html")

@@ -417,7 +417,7 @@ class BenchmarkDataset:
         before jobs are submitted, so a wrong --data-root fails at once, not in every job
         (``load`` checks the whole layout)."""
         if cls.folder is not None:
-            from datasets.images import check_data_root, check_dataset_folder
+            from datasets.data_root import check_data_root, check_dataset_folder
 
             check_dataset_folder(check_data_root(data_root) / cls.folder, cls.layout)
 

@@ -1,7 +1,7 @@
 """Image data sets read from decoded pixels (a ``DecodedCache``, or CIFAR-100's in-memory tensors
 with ``data.device_decode``), their augmentation finished on the loader's device.
 
-The protocol's transforms (``datasets/images.py``) split in two: what needs the item's seeded
+The protocol's transforms (``datasets/pixels.py``) split in two: what needs the item's seeded
 random draws runs per item in the loader's workers, what costs pixels runs per batch on the
 device the loader serves (``Loader(device=...)``, the GPU in a real run):
 
@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from datasets.images import build_transform, transform_steps
+from datasets.pixels import build_transform, transform_steps
 
 _FLIP_PROBE = torch.tensor([[[0, 1]]])  # a 1 x 2 image: flipped iff its first pixel becomes 1
 

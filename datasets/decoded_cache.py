@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from datasets.images import read_rgb
+from datasets.pixels import read_rgb
 
 CHUNK = 256  # images decoded concurrently per step of the build
 

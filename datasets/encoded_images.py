@@ -1,6 +1,6 @@
 """Image files decoded on the loader's device (``data.device_decode``): the workers send bytes.
 
-The protocol's transforms (``datasets/images.py``) split as on the decoded-cache path
+The protocol's transforms (``datasets/pixels.py``) split as on the decoded-cache path
 (``datasets/cached_images.py``), one step earlier: a worker reads the file's bytes and its size
 from the header (no decoding) and, for training items, draws the crop box and flip with the PIL
 path's own ``RandomResizedCrop`` / ``RandomHorizontalFlip`` objects from the same seeded torch RNG
@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from datasets.cached_images import draw_crop_and_flip, finish_crops, train_steps
-from datasets.images import build_transform, read_rgb, unreadable_image
+from datasets.pixels import build_transform, read_rgb, unreadable_image
 
 DECODING = ("JPEG bytes decoded on the run's device (torchvision decode_jpeg: nvJPEG on CUDA, libjpeg-turbo on "
             "CPU), other files with PIL in the workers; crop, resize, flip and scaling on the device (torch "

@@ -1,11 +1,7 @@
-"""Shared pieces of the real image benchmarks: options, transforms, image datasets, splits, layout checks.
+"""Shared pieces of the real image benchmarks: options, image datasets, splits, layout checks.
 
-Transforms follow ``reference/protocol.md`` section 5 (the CODA-Prompt code): training images get
-``RandomResizedCrop(size, scale=(0.08, 1))`` and a horizontal flip; test images get
-``Resize(round(size * 256 / 224))`` then ``CenterCrop(size)``, except CIFAR-100, whose test images
-are only resized to ``size``. Pixels are float [0, 1] (no normalisation) unless the ``normalize``
-option asks for ImageNet or 0.5/0.5 statistics. Resizing is bilinear with antialiasing. The same
-transforms apply to PIL images (files) and to uint8 (3, H, W) tensors (CIFAR-100 in memory).
+The transforms and the reading of image files are ``datasets/pixels.py``'s (``transforms_for``
+builds a data set's pair from its options); the data root checks are ``datasets/data_root.py``'s.
 
 Unreadable images: ``ImageFiles`` raises ``DataError`` naming the file when it cannot decode it,
 and never skips it silently (skipping would change the test set behind a result's back). The fix
@@ -15,35 +11,30 @@ is to delete or re-extract the file. Decoding on the device (``data.device_decod
 Splits made here (``stratified_split``) depend only on the labels and the split seed, never on
 the class-order seed of a run.
 """
-
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from benchmark.errors import ConfigError, DataError
 from datasets.base import ClassIncrementalData, DatasetOptions
+from datasets.cached_images import CachedTestImages, CachedTrainImages
+# the data set modules (cifar100.py, imagenet_r.py, ...) import these two from here too
+from datasets.data_root import check_data_root, check_dataset_folder  # noqa: F401
+from datasets.decoded_cache import DecodedCache
+from datasets.encoded_images import DECODING, EncodedTestImages, EncodedTrainImages
+from datasets.pixels import NORMALIZATIONS, Transform, build_transform, describe_transform, read_rgb
 
 DEFAULT_IMAGE_SIZE = 224
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
-    "none": None,  # [0, 1] pixels, as the CODA-Prompt code feeds its ViTs
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
-TEST_RESIZES = ("resize", "resize_crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-ROOT_HINT = "pass --data-root DIR or set CL_DATA_ROOT"
 
-Transform = Callable[[Image.Image | torch.Tensor], torch.Tensor]
 Labelled = list[tuple[str, int]]  # (image path relative to the data set folder, natural label)
 
 
@@ -82,48 +73,6 @@ class ImageOptions(DatasetOptions):
         return DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
 
 
-def transform_steps(image_size: int, train: bool, test_resize: str,
-                    normalize: str) -> list[tuple[str, v2.Transform]]:
-    """The transform as (description, transform) steps; the single source of both (and of the
-    decoded-cache path's, ``datasets/cached_images.py``)."""
-    if test_resize not in TEST_RESIZES:
-        raise ValueError(f"test_resize must be one of {TEST_RESIZES}, got {test_resize!r}")
-    if train:
-        steps = [(f"RandomResizedCrop({image_size}, scale=(0.08, 1))",
-                  v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True)),
-                 ("RandomHorizontalFlip", v2.RandomHorizontalFlip())]
-    elif test_resize == "resize":
-        steps = [(f"Resize({image_size})", v2.Resize(image_size, antialias=True))]
-    else:
-        resized = round(image_size * 256 / 224)
-        steps = [(f"Resize({resized})", v2.Resize(resized, antialias=True)),
-                 (f"CenterCrop({image_size})", v2.CenterCrop(image_size))]
-    steps += [("[0,1]", v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))]
-    stats = NORMALIZATIONS[normalize]
-    if stats is not None:
-        steps.append((f"Normalize({normalize})", v2.Normalize(*stats)))
-    return steps + [("", v2.ToPureTensor())]
-
-
-def build_transform(image_size: int, train: bool, test_resize: str = "resize_crop",
-                    normalize: str = "none") -> Transform:
-    """The protocol's train or test transform: PIL image or uint8 (3, H, W) -> float (3, S, S).
-
-    Args:
-        image_size: output side length S.
-        train: random resized crop and flip if True, else the deterministic test resize.
-        test_resize: "resize_crop" (Resize(S*256/224) -> CenterCrop(S)) or "resize" (CIFAR-100).
-        normalize: a key of ``NORMALIZATIONS``.
-    """
-    return v2.Compose([step for _, step in transform_steps(image_size, train, test_resize, normalize)])
-
-
-def describe_transform(image_size: int, train: bool, test_resize: str = "resize_crop",
-                       normalize: str = "none") -> str:
-    """A short description of ``build_transform``'s result, recorded with results."""
-    return " -> ".join(name for name, _ in transform_steps(image_size, train, test_resize, normalize) if name)
-
-
 def transforms_for(options: ImageOptions, test_resize: str) -> tuple[Transform, Transform, dict[str, object]]:
     """Train and test transforms for ``options`` and their description for ``info``."""
     size, norm = options.size, options.normalize
@@ -131,21 +80,6 @@ def transforms_for(options: ImageOptions, test_resize: str) -> tuple[Transform, 
             "train_transform": describe_transform(size, True, test_resize, norm),
             "test_transform": describe_transform(size, False, test_resize, norm)}
     return (build_transform(size, True, test_resize, norm), build_transform(size, False, test_resize, norm), info)
-
-
-def unreadable_image(path: str, err: Exception) -> DataError:
-    """The one-line error for an image file that cannot be read or decoded."""
-    reason = " ".join(str(err).split())
-    return DataError(f"cannot read image {path} ({reason}); delete or re-extract it")
-
-
-def read_rgb(path: str) -> Image.Image:
-    """The decoded RGB image at ``path``; ``DataError`` naming the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL reports bad files with all three
-        raise unreadable_image(path, err) from None
 
 
 class ImageFiles(Dataset):
@@ -220,24 +154,6 @@ def file_hash(paths: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_data_root(data_root: str | Path | None) -> Path:
-    """The data root as a ``Path``; ``DataError`` if it is not given or does not exist."""
-    if data_root is None:
-        raise DataError(f"no data root given; {ROOT_HINT}")
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root {root} does not exist; {ROOT_HINT}")
-    return root
-
-
-def check_dataset_folder(folder: Path, layout: str) -> Path:
-    """``folder`` if it is a directory, else ``DataError`` stating the expected layout."""
-    if not folder.is_dir():
-        raise DataError(f"data set folder {folder} does not exist; expected {layout} under the data root "
-                        f"({ROOT_HINT} to point elsewhere)")
-    return folder
-
-
 def scan_class_folders(folder: Path, expected: int, layout: str) -> list[tuple[str, list[Path]]]:
     """Sorted class sub-folders of ``folder`` with their sorted image files (jpg/jpeg/png).
 
@@ -305,9 +221,6 @@ def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, 
     (train_set, train_labels), (test_set, test_labels) = sides
     train_plain = ImageFiles(train_set.paths, train_labels, test_tf)
     if options.decoded_cache:
-        from datasets.cached_images import CachedTestImages, CachedTrainImages
-        from datasets.decoded_cache import DecodedCache
-
         cache_dir = Path(options.cache_dir) if options.cache_dir else folder.parent / "decoded-cache"
         train_cache, test_cache = (DecodedCache.open_or_build(folder, [rel for rel, _ in items], cache_dir)
                                    for items in (train, test))
@@ -317,8 +230,6 @@ def files_data(folder: Path, num_classes: int, train: Labelled, test: Labelled, 
         transform_info["decoding"] = ("decoded cache; resize, flip and scaling on the run's device "
                                       "(torch antialiased bilinear)")
     if options.device_decode:
-        from datasets.encoded_images import DECODING, EncodedTestImages, EncodedTrainImages
-
         train_paths, test_paths = train_set.paths, test_set.paths
         train_set = EncodedTrainImages(train_paths, train_labels, options.size, options.normalize)
         test_set = EncodedTestImages(test_paths, test_labels, options.size, "resize_crop", options.normalize)

@@ -51,7 +51,8 @@ from benchmark.protocol import train_task  # noqa: E402
 from benchmark.registry import DATASETS, METHODS  # noqa: E402
 from datasets.base import Loader, TaskSplit, take  # noqa: E402
 from datasets.imagenet_r import NUM_CLASSES, ImageNetR  # noqa: E402
-from datasets.images import NORMALIZATIONS, ImageOptions  # noqa: E402
+from datasets.images import ImageOptions  # noqa: E402
+from datasets.pixels import NORMALIZATIONS  # noqa: E402
 from loader_figures import write_images  # noqa: E402
 
 PATHS: dict[str, dict[str, bool]] = {"pil": {}, "cache": {"decoded_cache": True}, "device": {"device_decode": True}}

@@ -16,7 +16,8 @@ from datasets import decoded_cache
 from datasets.base import Loader
 from datasets.cached_images import CachedTestImages, CachedTrainImages
 from datasets.decoded_cache import DecodedCache
-from datasets.images import ImageFiles, build_transform
+from datasets.images import ImageFiles
+from datasets.pixels import build_transform
 from tests.conftest import assert_resumes_exactly_and_ignores_workers, loader_batches as batches
 from tests.dataset_fixtures import corrupt, write_imagenet_r
 

@@ -19,7 +19,8 @@ from datasets.base import EpochOrder, Loader, SeededItems, prefetch
 from datasets.cifar100 import Cifar100, Cifar100Options
 from datasets.encoded_images import EncodedTrainImages, decode_images, read_encoded
 from datasets.imagenet_r import FOLDER, ImageNetR, ImageNetROptions
-from datasets.images import ImageFiles, read_rgb
+from datasets.images import ImageFiles
+from datasets.pixels import read_rgb
 from tests.conftest import assert_resumes_exactly_and_ignores_workers, loader_batches as batches
 from tests.dataset_fixtures import corrupt, wnids, write_cifar100
 

@@ -14,8 +14,8 @@ import yaml
 from benchmark.errors import ConfigError, DataError
 from benchmark.registry import DATASETS
 from datasets.base import Loader, TaskSplit, class_order
-from datasets.images import (ImageFiles, ImageOptions, build_transform, describe_transform, scan_class_folders,
-                             split_hash, stratified_split)
+from datasets.images import ImageFiles, ImageOptions, scan_class_folders, split_hash, stratified_split
+from datasets.pixels import build_transform, describe_transform
 from tests.dataset_fixtures import (corrupt, write_cifar100, write_domainnet, write_imagenet_a, write_imagenet_r,
                                     write_jpeg)
 
