@@ -90,6 +90,17 @@ def build_tiny_vit(num_classes: int = 0) -> VisionTransformer:
     return VisionTransformer(num_classes=num_classes, **SYNTH_VIT_KWARGS)
 
 
+def weights_cached(name: str) -> bool:
+    """Whether timm's Hugging Face files of the timm model ``name`` (with its pretrained tag) are in
+    the local Hugging Face cache, so that loading them needs no download."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    repo = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, file), str)
+                              for file in ("model.safetensors", "pytorch_model.bin"))
+
+
 def build_backbone(name: str, weights: str | None = None, pretrained: bool = True) -> VisionTransformer:
     """Build a frozen backbone in eval mode with no classifier.
 
@@ -123,8 +134,9 @@ def build_backbone(name: str, weights: str | None = None, pretrained: bool = Tru
         except (OSError, RuntimeError, KeyError, ValueError) as err:
             where = f"from {weights}" if weights else "from the timm / Hugging Face cache (offline)"
             raise ConfigError(f"could not load pretrained weights for {name} {where} "
-                              f"({type(err).__name__}); put them in the Hugging Face cache ($HF_HOME) or "
-                              "pass --pretrained-path FILE (.safetensors, .pth or .npz)") from err
+                              f"({type(err).__name__}); cache them with `python run_benchmark.py prepare --weights` "
+                              "on a machine with internet (same $HF_HOME) or pass --pretrained-path FILE "
+                              "(.safetensors, .pth or .npz)") from err
     model.eval()
     model.requires_grad_(False)
     return model

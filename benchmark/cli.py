@@ -19,11 +19,11 @@ from tabulate import tabulate
 
 from benchmark import store
 from benchmark.config import DATA_PREFIX, PRESETS, RunConfig, resolve
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, one_line
 from benchmark.slurm_profile import PROFILE_KEYS
 from benchmark.registry import DATASETS, METHODS
 
-COMMANDS = ("run", "status", "list", "report", "check", "bench", "preflight")
+COMMANDS = ("run", "status", "list", "report", "check", "bench", "preflight", "prepare")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -71,7 +71,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                                       "the machine that runs the job)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each task's training step and prediction (off by default; see README: Speed)")
+                        help="torch.compile each task's training step and prediction (off by default; see docs/speed.md)")
     parser.add_argument("--backbone", help="tiny (the 32 px synth ViT), vit-b16 (ViT-B/16 with the method's reference "
                                         "weights tag) or a timm name with tag (default: the dataset's: synth "
                                         "tiny, real data sets vit-b16)")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep <results-dir>/checkpoints/<run id>.pt after the result is written")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    launch = run.add_argument_group("launcher (see README: Running on a Slurm cluster)")
+    launch = run.add_argument_group("launcher (see docs/cluster.md)")
     launch.add_argument("--launcher", default="inline", choices=["inline", "local", "slurm", "debug"],
                         help="inline: in this process (default); local: submitit subprocesses on this machine; "
                              "slurm: one Slurm job array; debug: submitit's debug executor, in this process")
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--no-wait", dest="wait", action="store_false", help=argparse.SUPPRESS)
     preflight = sub.add_parser(
         "preflight", help="run every run of a sweep end to end at its real configuration, cut short; print its "
-                          "peak memory and the projected time of the full runs (README: Preflight)")
+                          "peak memory and the projected time of the full runs (docs/preflight.md)")
     add_run_options(preflight)
     cut = preflight.add_argument_group("preflight (each run cut short; everything else at the real configuration)")
     cut.add_argument("--train-batches", type=int, default=2, metavar="N",
@@ -165,6 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     preflight.add_argument("--results-dir", default="results",
                            help="the report goes to <results-dir>/preflight/ (default: results)")
     preflight.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    prepare = sub.add_parser(
+        "prepare", help="download, verify and unpack data sets (and split files) into the layout the loaders "
+                        "read; cache the methods' pretrained weights (docs/datasets.md)")
+    prepare.add_argument("datasets", nargs="*", metavar="DATASET",
+                         help="cifar100, imagenet-r, imagenet-a, domainnet, or all")
+    prepare.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "./data"), metavar="DIR",
+                         help="where the data sets go, the --data-root of later runs (default: $CL_DATA_ROOT or "
+                              "./data)")
+    prepare.add_argument("--check", action="store_true",
+                         help="only verify what is in the data root (no network) and list what is missing or wrong")
+    prepare.add_argument("--from", dest="source_dir", metavar="DIR",
+                         help="take the archives from DIR (downloaded by hand, under their official names) "
+                              "instead of downloading them")
+    prepare.add_argument("--mirror", metavar="URL",
+                         help="download every file from URL/<official file name> instead of its official URL")
+    prepare.add_argument("--keep-archives", action="store_true",
+                         help="keep the downloaded archives in <data-root>/.prepare/downloads/ after unpacking")
+    prepare.add_argument("--weights", action="store_true",
+                         help="also cache the pinned ViT-B/16 weights of --methods in the Hugging Face cache "
+                              "($HF_HOME), for compute nodes without internet")
+    prepare.add_argument("--methods", nargs="+", metavar="NAME",
+                         help="whose weights --weights caches (default: every method)")
+    prepare.add_argument("--no-progress", action="store_true", help="hide progress bars")
     status = sub.add_parser("status", help="state of submitted runs: done, running, pending or failed")
     status.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     status.add_argument("--retry-failed", action="store_true",
@@ -520,6 +543,15 @@ def command_preflight(args: argparse.Namespace) -> int:
     return preflight.run_preflight(runs, settings, device, args.results_dir, progress=not args.no_progress)
 
 
+def command_prepare(args: argparse.Namespace) -> int:
+    from benchmark.prepare import prepare
+
+    return prepare(args.datasets, Path(args.data_root).expanduser(), check=args.check,
+                   source_dir=Path(args.source_dir).expanduser() if args.source_dir else None, mirror=args.mirror,
+                   weights=args.weights, methods=args.methods, progress=not args.no_progress,
+                   keep_archives=args.keep_archives)
+
+
 def command_list_presets() -> int:
     """Each method's recipe per dataset (Config < DATASET_DEFAULTS) and the named presets on top."""
     import dataclasses
@@ -553,13 +585,6 @@ def command_list() -> int:
     return 0
 
 
-def one_line(err: Exception) -> str:
-    """The message of a ``ConfigError``, also when a DataLoader worker re-raised it with its
-    traceback in the text (the original message is then the last line, after the class name)."""
-    last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
@@ -571,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                     "status": lambda: command_status(args),
                     "report": lambda: command_report(args),
                     "check": lambda: command_check(args), "bench": lambda: command_bench(args),
-                    "preflight": lambda: command_preflight(args)}
+                    "preflight": lambda: command_preflight(args), "prepare": lambda: command_prepare(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

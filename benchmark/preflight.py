@@ -49,7 +49,7 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from benchmark import peak_memory, projection, protocol, store
-from benchmark.backbones import SYNTH_VIT, backbone_input_size, build_backbone
+from benchmark.backbones import SYNTH_VIT, backbone_input_size, build_backbone, weights_cached
 from benchmark.bench import frozen_steps, sync, train_step_fn
 from benchmark.checkpoint import Checkpointer
 from benchmark.config import RunConfig
@@ -138,15 +138,7 @@ def timed(step: Callable[[], Any], device: torch.device, least_s: float = 0.3, r
 def pretrained_available(config: RunConfig) -> bool:
     """Whether the run's backbone weights are here without a download: the shipped tiny ViT, a
     weights file, or timm's Hugging Face files in the local cache."""
-    if config.backbone == SYNTH_VIT or config.backbone_weights:
-        return True
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(config.backbone)
-    repo = getattr(cfg, "hf_hub_id", None)
-    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, name), str)
-                              for name in ("model.safetensors", "pytorch_model.bin"))
+    return config.backbone == SYNTH_VIT or bool(config.backbone_weights) or weights_cached(config.backbone)
 
 
 def probe_batches(device: torch.device, preset_batch: int, batch: int | None, backbone: str) -> list[int]:
@@ -416,7 +408,6 @@ def label(config: RunConfig) -> str:
 
 def one_line_error(err: BaseException) -> str:
     """``Type: message`` on one line (the last line of a multi-line message)."""
-    from benchmark.cli import one_line
 
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return "out of GPU memory (CUDA OutOfMemoryError); lower the batch size or use --precision bf16"

@@ -14,13 +14,16 @@ from collections import deque
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from datasets.download import Download
 
 
 class TensorImages(Dataset):
@@ -410,6 +413,8 @@ class BenchmarkDataset:
     # (training, test) images of the standard split, as published; what a preflight on a stand-in
     # projects its time with (None: generated data, whose sizes are its options)
     published_sizes: tuple[int, int] | None = None
+    # the official files ``prepare`` fetches into the data root (``datasets/download.py``); () for generated data
+    downloads: tuple[Download, ...] = ()
 
     @classmethod
     def check_location(cls, data_root: str | None) -> None:
@@ -436,6 +441,27 @@ class BenchmarkDataset:
     def full_sizes(cls, options: DatasetOptions) -> tuple[int, int] | None:
         """(training, test) images of the real data set under ``options`` (``published_sizes``)."""
         return cls.published_sizes
+
+    @classmethod
+    def check_prepared(cls, root: Path) -> str:
+        """Load the data set from ``root`` as a run does (default options) and check its class and
+        image counts against the known ones (``full_sizes``): the counts in one line, else
+        ``DataError`` naming what differs (``prepare`` and ``prepare --check``)."""
+        options = cls.Options()
+        return cls.check_counts(options, root, cls.full_sizes(options))
+
+    @classmethod
+    def check_counts(cls, options: DatasetOptions, root: Path, expected: tuple[int, int] | None) -> str:
+        """``check_prepared`` for one set of options and the (training, test) counts expected (None: any)."""
+        data = cls.load(options, str(root))
+        found = (len(data.train_targets), len(data.test_targets))
+        classes = len(np.unique(data.train_targets))
+        if classes != cls.num_classes or (expected is not None and found != expected):
+            want = f"{expected[0]:,} / {expected[1]:,}" if expected else "any number of"
+            raise DataError(f"{cls.name} in {root} has {found[0]:,} training / {found[1]:,} test images of {classes} "
+                            f"classes, expected {want} images of {cls.num_classes} classes; delete {root / str(cls.folder)} "
+                            f"and run prepare {cls.name} again")
+        return f"{classes} classes, {found[0]:,} training / {found[1]:,} test images"
 
     @classmethod
     def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,

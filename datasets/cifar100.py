@@ -26,11 +26,19 @@ import torch
 from benchmark.errors import ConfigError, DataError
 from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
-from datasets.images import ImageOptions, TransformedTensors, check_data_root, check_dataset_folder, transforms_for
+from datasets.data_root import check_data_root, check_dataset_folder
+from datasets.download import Download
+from datasets.images import ImageOptions, TransformedTensors, transforms_for
 
 FOLDER = "cifar-100-python"
 LAYOUT = "cifar-100-python/{train,test,meta} (unpack cifar-100-python.tar.gz)"
 NUM_CLASSES = 100
+# The official archive; sha256 as Keras's cifar100.py and torchvision's prototype pin it (md5
+# eb9058c3a382ffc7106e4002c42a8d85 in torchvision's cifar.py)
+DOWNLOADS = (
+    Download("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", FOLDER,
+             "sha256:85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", 169_001_437),
+)
 
 
 def _unpickle(path: Path) -> Any:
@@ -92,6 +100,7 @@ class Cifar100(BenchmarkDataset):
     default_n_tasks = 10
     Options = Cifar100Options
     published_sizes = (50_000, 10_000)
+    downloads = DOWNLOADS
 
     @classmethod
     def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,

@@ -22,8 +22,9 @@ from typing import Any
 from benchmark.errors import ConfigError, DataError
 from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
-from datasets.images import (ImageOptions, Labelled, check_data_root, check_dataset_folder, check_listed_files,
-                             file_hash, files_data)
+from datasets.data_root import check_data_root, check_dataset_folder
+from datasets.download import Download
+from datasets.images import ImageOptions, Labelled, check_listed_files, file_hash, files_data
 from datasets.standin import write_jpegs
 
 FOLDER = "domainnet"
@@ -32,10 +33,53 @@ NUM_CLASSES = 345
 LINE_FORMAT = "'<domain>/<class>/<file>.jpg <label>'"
 LAYOUT = (f"domainnet/<domain>/<class>/*.jpg with list files domainnet/<domain>_{{train,test}}.txt "
           f"of {LINE_FORMAT} lines")
-# (train, test) lines of each domain's official list files, as the DomainNet page publishes them
-# (586,575 images in all; UNVERIFIED here: count after download)
+# (train, test) lines of each domain's official list files (586,575 images in all), as the
+# tensorflow_datasets catalog gives them; prepare checks them after the download
 LIST_SIZES = {"clipart": (33_525, 14_604), "infograph": (36_023, 15_582), "painting": (50_416, 21_850),
               "quickdraw": (120_750, 51_750), "real": (120_906, 52_041), "sketch": (48_212, 20_916)}
+
+VISDA = "http://csr.bu.edu/ftp/visda/2019/multi-source"
+# The six domain zips (each unpacks to <domain>/<class>/<file>.jpg; clipart and painting live under
+# groundtruth/) and the twelve official list files; sha256 and sizes as tensorflow_datasets pins them
+# (image_classification/domainnet/checksums.tsv), URLs as DomainBed's download script has them.
+DOWNLOADS = (
+    Download(f"{VISDA}/groundtruth/clipart.zip", f"{FOLDER}/clipart",
+             "sha256:f8f248a3e8bbc9868c523ae24e6601b4c2ad102afc60c0efeb4f3255df22354d", 1_270_909_081),
+    Download(f"{VISDA}/infograph.zip", f"{FOLDER}/infograph",
+             "sha256:891e14f476317e97b6f06d6498c11d0a5b8d0c8b57210765ed9beb072da611fa", 4_338_659_804),
+    Download(f"{VISDA}/groundtruth/painting.zip", f"{FOLDER}/painting",
+             "sha256:fa47e6d405503ea0286cabd767f176bd30e988b63ddd7b9db16cf030c9770015", 3_679_366_174),
+    Download(f"{VISDA}/quickdraw.zip", f"{FOLDER}/quickdraw",
+             "sha256:9f37df2a8c3733703dbb35ad9964202a65f675ca30137756457537536b485d84", 459_920_701),
+    Download(f"{VISDA}/real.zip", f"{FOLDER}/real",
+             "sha256:d7fe010b430c5b510f85d657d38c4a1924822695fabea4fef57bd00dba251d63", 6_062_039_589),
+    Download(f"{VISDA}/sketch.zip", f"{FOLDER}/sketch",
+             "sha256:23a7dbae7016b343e934399beaa8a68728fb5e570ebe2c71df9b75cf91c499fc", 2_633_992_926),
+    Download(f"{VISDA}/domainnet/txt/clipart_train.txt", f"{FOLDER}/clipart_train.txt",
+             "sha256:affdadf5f95a7583e6b98030a3d35007e2613ee4dd942393c5a705ec2b429312", 1_443_819, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/clipart_test.txt", f"{FOLDER}/clipart_test.txt",
+             "sha256:62c8e36aaba1c41ad9e249099739707220a44c08f167b37ef420f34a31628a6b", 628_917, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/infograph_train.txt", f"{FOLDER}/infograph_train.txt",
+             "sha256:36b44cbd41a2915e0dc73b4f4be8862a6f3c220f93c8d63fb2439beeae3aefda", 1_683_098, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/infograph_test.txt", f"{FOLDER}/infograph_test.txt",
+             "sha256:413cfa54ac92e7e6b242f4f09fbd9c8ace85c4deaf3cb6c81ff6b68264460136", 728_028, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/painting_train.txt", f"{FOLDER}/painting_train.txt",
+             "sha256:f1da38d50a702fddf1329f85bc607d7a2abcae7e6aec75e1fd49cc1bd340d47b", 2_241_901, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/painting_test.txt", f"{FOLDER}/painting_test.txt",
+             "sha256:11472b13b5188e09f06918b12eebb660588c97a20e43e268d9b02e3e37eb8f97", 971_888, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/quickdraw_train.txt", f"{FOLDER}/quickdraw_train.txt",
+             "sha256:3a5edd3bc215772010eebc87f158707703dd7e48091d13b816af81326a9d1c0f", 5_164_600, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/quickdraw_test.txt", f"{FOLDER}/quickdraw_test.txt",
+             "sha256:2a00a60650a453c65c356da748fec54084a197272137c440e7d52d08947357bf", 2_213_400, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/real_train.txt", f"{FOLDER}/real_train.txt",
+             "sha256:19d483256d24aef19e581b65eda8333fd918aef3eb733fe499ff384120e3a289", 4_440_944, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/real_test.txt", f"{FOLDER}/real_test.txt",
+             "sha256:2b3f75bcde309aeb5931292084b2162e936b5f189e3bb1ad716f0f74c460864c", 1_911_327, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/sketch_train.txt", f"{FOLDER}/sketch_train.txt",
+             "sha256:72f4bc6afa5702a1ccba800d0053c1427de87439dfaf246dbc9a2e71abfec54f", 1_960_222, unpack=False),
+    Download(f"{VISDA}/domainnet/txt/sketch_test.txt", f"{FOLDER}/sketch_test.txt",
+             "sha256:3fb48fca18c507c4321f007c3f62b308ec232ff6928cbfe2af64e76ec366e840", 850_581, unpack=False),
+)
 
 
 @dataclass
@@ -81,6 +125,7 @@ class DomainNet(BenchmarkDataset):
     num_classes = NUM_CLASSES
     default_n_tasks = 5
     Options = DomainNetOptions
+    downloads = DOWNLOADS
 
     @classmethod
     def full_sizes(cls, options: DomainNetOptions) -> tuple[int, int]:

@@ -21,14 +21,22 @@ from typing import Any
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
-from datasets.images import (ImageOptions, check_data_root, check_dataset_folder, class_folder_items, files_data,
-                             scan_class_folders, stratified_items)
+from datasets.data_root import check_data_root, check_dataset_folder
+from datasets.download import Download
+from datasets.images import ImageOptions, class_folder_items, files_data, scan_class_folders, stratified_items
 from datasets.standin import wnid_names, write_jpegs
 
 FOLDER = "imagenet-a"
 LAYOUT = ("imagenet-a/{train,test}/<wnid>/*.jpg (pre-split copy) or imagenet-a/<wnid>/*.jpg (imagenet-a.tar), "
           "200 wnid folders")
 NUM_CLASSES = 200
+# The original archive (7,500 images; unpacks to imagenet-a/<wnid>/ and a README.txt); sha256 and
+# size as tensorflow_datasets pins them (url_checksums/imagenet_a.txt). The pre-split copy PILOT/EASE
+# use is not an official download (their README's Google Drive link): place it by hand.
+DOWNLOADS = (
+    Download("https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar", FOLDER,
+             "sha256:3bb3632277e6ba6392ea64c02ddbf4dd2266c9caffd6bc09c9656d28f012589e", 687_552_512),
+)
 
 
 @dataclass
@@ -48,6 +56,15 @@ class ImageNetA(BenchmarkDataset):
     Options = ImageNetAOptions
     # 7,500 images; the 80/20 split here (the pre-split copy's counts are not published: UNVERIFIED)
     published_sizes = (6_000, 1_500)
+    downloads = DOWNLOADS
+
+    @classmethod
+    def check_prepared(cls, root: Path) -> str:
+        """The counts check; for the pre-split copy only the classes (its image counts are not published)."""
+        options = cls.Options()
+        if (root / FOLDER / "train").is_dir():
+            return cls.check_counts(options, root, None) + " (pre-split copy: image counts not published, not checked)"
+        return cls.check_counts(options, root, cls.full_sizes(options))
 
     @classmethod
     def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,

@@ -29,14 +29,29 @@ import yaml
 from benchmark.errors import ConfigError, DataError
 from benchmark.registry import register_dataset
 from datasets.base import BenchmarkDataset, ClassIncrementalData
-from datasets.images import (ImageOptions, Labelled, check_data_root, check_listed_files, class_folder_items,
-                             file_hash, files_data, scan_class_folders, stratified_items)
+from datasets.data_root import check_data_root
+from datasets.download import Download
+from datasets.images import (ImageOptions, Labelled, check_listed_files, class_folder_items, file_hash, files_data,
+                             scan_class_folders, stratified_items)
 from datasets.standin import stratified_total, wnid_names, write_jpegs
 
 FOLDER = "imagenet-r"
 LAYOUT = "imagenet-r/<wnid>/*.jpg with 200 wnid folders (extract imagenet-r.tar)"
 NUM_CLASSES = 200
 SPLIT_NAMES = {"train": "imagenet-r_train.yaml", "test": "imagenet-r_test.yaml"}
+SPLITS = "splits"  # where prepare puts CODA's split YAMLs, under the data root (--split-file <data root>/splits)
+CODA_SPLITS = "https://raw.githubusercontent.com/GT-RIPL/CODA-Prompt/6417d4f68754be68b697c7ca2323ee61e791e1a3/dataloaders/splits"
+# The official archive (30,000 images; unpacks to imagenet-r/<wnid>/ and a README.txt), sha256 and
+# size as tensorflow_datasets pins them (url_checksums/imagenet_r.txt); CODA-Prompt's split YAMLs at a
+# pinned commit, sha256 of those files (byte-identical to InfLoRA's utils/splits/ copies).
+DOWNLOADS = (
+    Download("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", FOLDER,
+             "sha256:18c6bf493b39a0d975d48e587437f562caab9c52ae6327dcfa9dd8eb54aa1b52", 2_191_079_936),
+    Download(f"{CODA_SPLITS}/imagenet-r_train.yaml", f"{SPLITS}/imagenet-r_train.yaml",
+             "sha256:6bcaa14ca9359915ac3a44c48ae71388146385686eb15da79a37844421a0b845", 1_137_662, unpack=False),
+    Download(f"{CODA_SPLITS}/imagenet-r_test.yaml", f"{SPLITS}/imagenet-r_test.yaml",
+             "sha256:57275ac242d68983a4f39ccb81ec34f48b1bd920b9cd79e6e8040d7c042db02a", 284_216, unpack=False),
+)
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # safe_load's semantics, ~10x faster with libyaml
 
 
@@ -116,6 +131,18 @@ class ImageNetR(BenchmarkDataset):
     default_n_tasks = 10
     Options = ImageNetROptions
     published_sizes = (24_000, 6_000)  # CODA's split YAMLs; the seeded 80/20 split of the 30,000 is the same size
+    downloads = DOWNLOADS
+
+    @classmethod
+    def check_prepared(cls, root: Path) -> str:
+        """The counts check of the seeded 80/20 split and, where prepare placed them, of CODA's split YAMLs."""
+        options = cls.Options()
+        line = cls.check_counts(options, root, cls.full_sizes(options))
+        if not (root / SPLITS).is_dir():
+            return line
+        coda = cls.Options(split_file=str(root / SPLITS))
+        cls.check_counts(coda, root, cls.full_sizes(coda))
+        return f"{line}; CODA's split verified too (--split-file {root / SPLITS})"
 
     @classmethod
     def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,

@@ -27,7 +27,7 @@ from benchmark.errors import ConfigError, DataError
 from datasets.base import ClassIncrementalData, DatasetOptions
 from datasets.cached_images import CachedTestImages, CachedTrainImages
 # the data set modules (cifar100.py, imagenet_r.py, ...) import these two from here too
-from datasets.data_root import check_data_root, check_dataset_folder  # noqa: F401
+from datasets.data_root import check_dataset_folder
 from datasets.decoded_cache import DecodedCache
 from datasets.encoded_images import DECODING, EncodedTestImages, EncodedTrainImages
 from datasets.pixels import NORMALIZATIONS, Transform, build_transform, describe_transform, read_rgb

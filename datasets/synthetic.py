@@ -12,7 +12,7 @@ How a sample is rendered around its class's object is a named, frozen ``RenderSe
   along one random side of the image. The frozen pretrained features mix the clutter into every
   token; adaptation can learn to ignore the band, a cue every task shares (as a rendition style is
   shared by all of ImageNet-R's classes), so a linear probe of the frozen features stays far below
-  joint fine-tuning (README, "The synthetic benchmark").
+  joint fine-tuning (docs/synthetic.md).
 * ``CLASSIC`` (the pretext images the shipped backbone was pretrained on, and ``synth``'s images
   before this benchmark was redesigned): a gradient background, two distractor shapes anywhere, a
   shifted, rotated and scaled object with part jitter and dropout, colour jitter and pixel noise.

@@ -32,7 +32,7 @@ from methods.prefix import Prefix, add_prefix_attention, prefixes
 
 # The CODA-Prompt code's recipe for all three methods: Adam, lr 1e-3, batch 128, per-epoch coda-cosine,
 # 20 / 50 / 5 epochs; ImageNet-A has no reference config and takes the CIFAR-100 recipe. synth:
-# the README's CPU recipe ("The synthetic benchmark"); methods add their tiny-ViT block lists.
+# the CPU recipe of docs/synthetic.md; methods add their tiny-ViT block lists.
 CODA_CODE_RECIPES: dict[str, dict[str, Any]] = {
     # chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json) for
     # DualPrompt and CODA-P; L2P's own choice (lr and head lr 0.1) is set in methods/l2p.py

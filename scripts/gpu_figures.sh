@@ -14,7 +14,7 @@
 #      keeps the earlier ones): compile and recompile seconds, break-even, and the compiled bound's
 #      utilisation in every row (so frozen is left out) -> $OUT/bench/bench_*_bf16_compiled_*.json
 #      (Inductor's cache in a fresh folder: the first compile of each method is cold, as on a new machine)
-# With GPU_FIGURES_ALL=1, issue 9's figures as well (measured before; README "Speed"):
+# With GPU_FIGURES_ALL=1, issue 9's figures as well (measured before; docs/speed.md):
 #   4. bench, bf16, every method; 5. bench, fp32, frozen/seq-lora/inflora, 2 steps;
 #   6. data loading: generated JPEGs through the loaders -> $OUT/loader.json
 # Everything printed goes to $OUT/gpu_figures.log as well.

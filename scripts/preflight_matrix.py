@@ -1,4 +1,4 @@
-"""The complete preflight matrix (README "Preflight at paper scale"): every registered method at
+"""The complete preflight matrix (docs/preflight.md): every registered method at
 ViT-B/16, 224 px, bf16, on each data set's stand-in at its standard task count (and 5 / 20 tasks
 on ImageNet-R), projected for the H200 of the stored bench result; prints one markdown table.
 

@@ -1,4 +1,4 @@
-"""The claims the ``synth`` benchmark is built to support, measured over seeds; prints the README's tables.
+"""The claims the ``synth`` benchmark is built to support, measured over seeds; prints the tables of docs/synthetic.md.
 
     python scripts/synth_figures.py                  # seeds 0 1 2, all default methods
 

@@ -38,6 +38,18 @@ def assert_latex_compiles(table: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """A real 8 MiB tmpfs (a small disk that fills up); skips the test where mounting needs root."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
 def results_dir(tmp_path):
     return tmp_path / "results"
 

@@ -5,7 +5,7 @@ Seed 0 on CPU is deterministic, so these are regression checks of what the READM
 the synthetic benchmark: adaptation pays (InfLoRA far above the frozen backbone), sequential
 training forgets (the joint bound far above sequential LoRA), and InfLoRA forgets less than
 sequential LoRA at the same budget. (InfLoRA's A_T lead over sequential LoRA, 2.4 points over 3
-seeds, is not separable from the seed noise on synth, README "Measured figures", so it is not
+seeds, is not separable from the seed noise on synth, docs/synthetic.md "Measured figures", so it is not
 asserted here.)
 """
 

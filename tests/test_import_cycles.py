@@ -5,8 +5,7 @@ function-level (lazy) ones included, since a lazy import only hides a cycle unti
 runs. Imports under ``if TYPE_CHECKING:`` are left out (they never run). ``from pkg import name``
 is an edge to ``pkg.name`` when that is a module, else to ``pkg``.
 
-Run as a script (``python tests/test_import_cycles.py``) to print the cycles found; ``KNOWN``
-lists the edges of cycles not yet untangled, left out of the test.
+Run as a script (``python tests/test_import_cycles.py``) to print the cycles found.
 """
 
 from __future__ import annotations
@@ -17,10 +16,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("benchmark", "datasets", "methods")
-# Edges left out of the check, each a cycle still to untangle; take one out once it is gone.
-# preflight.one_line_error lazily imports cli.one_line, and cli imports preflight in its commands: to go,
-# move ``one_line`` to benchmark/errors.py.
-KNOWN = {("benchmark.preflight", "benchmark.cli")}
 
 
 def module_files() -> dict[str, Path]:
@@ -130,20 +125,9 @@ def _cycle_in(graph: dict[str, set[str]], component: list[str]) -> list[str]:
     return component
 
 
-def checked_graph() -> dict[str, set[str]]:
-    """``import_graph`` without the ``KNOWN`` edges."""
-    return {name: {t for t in targets if (name, t) not in KNOWN} for name, targets in import_graph().items()}
-
-
 def test_no_import_cycles():
-    cycles = find_cycles(checked_graph())
+    cycles = find_cycles(import_graph())
     assert not cycles, "import cycles (lazy imports included):\n" + "\n".join(" -> ".join(c) for c in cycles)
-
-
-def test_known_edges_still_exist():
-    graph = import_graph()
-    gone = sorted(edge for edge in KNOWN if edge[1] not in graph.get(edge[0], ()))
-    assert not gone, f"no longer imported, remove from KNOWN: {gone}"
 
 
 def test_the_check_finds_a_cycle():

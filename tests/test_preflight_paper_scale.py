@@ -1,4 +1,4 @@
-"""The paper configurations end to end at ViT-B/16, 224 px, on this CPU (README "Preflight at paper
+"""The paper configurations end to end at ViT-B/16, 224 px, on this CPU (docs/preflight.md "Preflight at paper
 scale"): every registered method on the ImageNet-R stand-in at its default 10 tasks, and every other
 real data set with a LoRA and a prompt method, cut to one batch of 2 per task and one test image
 per task, bf16, projected for the H200 of the stored bench result. Random-init weights (none are
@@ -33,7 +33,7 @@ def preflight(tmp_path: Path, dataset: str, methods: list[str], capsys) -> tuple
 
 
 def test_every_method_on_the_imagenet_r_standin_at_vit_b16(tmp_path, capsys):
-    rows, cut = preflight(tmp_path, "imagenet-r", ["all"], capsys)  # the README's command
+    rows, cut = preflight(tmp_path, "imagenet-r", ["all"], capsys)  # the README's and docs/preflight.md's command
     assert set(rows) == set(METHODS.names()) == set(cut)
     for name, result in cut.items():
         tasks = 1 if METHODS.get(name).single_task else 10
