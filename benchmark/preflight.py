@@ -53,7 +53,7 @@ from benchmark.backbones import SYNTH_VIT, backbone_input_size, build_backbone, 
 from benchmark.bench import frozen_steps, sync, train_step_fn
 from benchmark.checkpoint import Checkpointer
 from benchmark.config import RunConfig
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, one_line
 from benchmark.registry import DATASETS, METHODS
 from datasets import standin
 from methods.base import Method
@@ -408,7 +408,6 @@ def label(config: RunConfig) -> str:
 
 def one_line_error(err: BaseException) -> str:
     """``Type: message`` on one line (the last line of a multi-line message)."""
-
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return "out of GPU memory (CUDA OutOfMemoryError); lower the batch size or use --precision bf16"
     text = one_line(err) if isinstance(err, ConfigError) else (

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tabulate import tabulate
 
-from benchmark.errors import ConfigError, DataError
+from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 from datasets.base import BenchmarkDataset
-from datasets.download import STATE, Fetcher, mib
+from datasets.download import Fetcher, downloads_dir, mib
 
 
 @dataclass
@@ -42,20 +43,19 @@ def preparable() -> list[str]:
 def select(names: list[str]) -> list[str]:
     """The data sets named (``all``: every preparable one), checked, in the order given."""
     known = preparable()
-    chosen = known if "all" in names else list(dict.fromkeys(names))
-    unknown = [name for name in chosen if name not in known]
+    unknown = [name for name in dict.fromkeys(names) if name not in known and name != "all"]
     if unknown:
         generated = [name for name in unknown if name in DATASETS.names()]
         hint = f" ({', '.join(generated)} is generated, nothing to prepare)" if generated else ""
         raise ConfigError(f"cannot prepare {', '.join(unknown)}{hint}; choose from {', '.join(known)} or all")
-    return chosen
+    return known if "all" in names else list(dict.fromkeys(names))
 
 
 def verified(cls: type[BenchmarkDataset], root: Path) -> Row:
     """The data set loaded from ``root`` as a run loads it, checked against its known counts."""
     try:
         return Row(cls.name, "ready", cls.check_prepared(root))
-    except DataError as err:
+    except ConfigError as err:
         return Row(cls.name, "wrong", str(err))
 
 
@@ -66,8 +66,8 @@ def check_only(cls: type[BenchmarkDataset], root: Path) -> Row:
         return verified(cls, root)
     parts = []
     for item in missing:
-        partial = root / STATE / "downloads" / f"{item.name}.part"
-        downloaded = root / STATE / "downloads" / item.name
+        partial = downloads_dir(root) / f"{item.name}.part"
+        downloaded = downloads_dir(root) / item.name
         note = (" (downloaded, not unpacked)" if downloaded.is_file() else
                 f" (partial download, {mib(partial.stat().st_size)})" if partial.is_file() else "")
         parts.append(f"{item.target}{note}")
@@ -75,11 +75,18 @@ def check_only(cls: type[BenchmarkDataset], root: Path) -> Row:
 
 
 def fetch_and_verify(cls: type[BenchmarkDataset], fetcher: Fetcher) -> Row:
-    """Bring the data set's files into place (those in place already are skipped), then verify it."""
-    try:
-        fetched = [item.name for item in cls.downloads if fetcher.ensure(item)]
-    except ConfigError as err:  # DataError, DownloadError, StorageError: one line each
-        return Row(cls.name, "failed", str(err))
+    """Bring the data set's files into place (those in place already are skipped; one that fails
+    does not stop the others), then verify it."""
+    fetched, errors = [], []
+    for item in cls.downloads:
+        try:
+            if fetcher.ensure(item):
+                fetched.append(item.name)
+        except ConfigError as err:  # DataError, DownloadError, StorageError: one line each
+            errors.append(str(err))
+    if errors:
+        more = f" ({len(errors) - 1} more file(s) failed; rerun prepare {cls.name} for them)" if len(errors) > 1 else ""
+        return Row(cls.name, "failed", errors[0] + more)
     row = verified(cls, fetcher.root)
     if row.ok:
         row.detail += f"; {'fetched ' + ', '.join(fetched) if fetched else 'already in place, nothing fetched'}"
@@ -105,7 +112,10 @@ def cache_weights(methods: list[str], check: bool) -> list[Row]:
         try:
             build_backbone(name, pretrained=True)  # timm downloads into the Hugging Face cache, then loads
         except ConfigError as err:
-            rows.append(Row(name, "failed", f"{err} (methods: {users})"))
+            cause = err.__cause__
+            rows.append(Row(name, "failed", f"could not download it from the Hugging Face hub ("
+                                            f"{type(cause).__name__ if cause else err}); check the network or "
+                                            f"$HF_ENDPOINT, or give runs --pretrained-path FILE (methods: {users})"))
             continue
         if not weights_cached(name):
             rows.append(Row(name, "failed", f"timm loaded {name} but not from the Hugging Face cache; set HF_HOME "
@@ -132,6 +142,9 @@ def prepare(datasets: list[str], root: Path, *, check: bool = False, source_dir:
         raise ConfigError("--methods chooses whose weights --weights caches; add --weights")
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--data-root {root} is a file, not a folder")
+    if mirror is not None and urlsplit(mirror).scheme not in ("http", "https"):
+        raise ConfigError(f"--mirror {mirror} is not an http(s) URL; give the base URL of the folder holding the files, "
+                          f"e.g. https://mirror.example.org/cl-data")
     rows = []
     if names:
         if check:

@@ -451,16 +451,22 @@ class BenchmarkDataset:
         return cls.check_counts(options, root, cls.full_sizes(options))
 
     @classmethod
-    def check_counts(cls, options: DatasetOptions, root: Path, expected: tuple[int, int] | None) -> str:
-        """``check_prepared`` for one set of options and the (training, test) counts expected (None: any)."""
+    def check_counts(cls, options: DatasetOptions, root: Path, expected: tuple[int, int] | int | None,
+                     redo: Path | None = None) -> str:
+        """``check_prepared`` for one set of options. ``expected``: the (training, test) images, or
+        only their total where the split's sizes follow the data (a per-class 80/20 split of uneven
+        classes), or None (any); ``redo``: what to delete when they differ (default: the data set's folder)."""
         data = cls.load(options, str(root))
         found = (len(data.train_targets), len(data.test_targets))
         classes = len(np.unique(data.train_targets))
-        if classes != cls.num_classes or (expected is not None and found != expected):
-            want = f"{expected[0]:,} / {expected[1]:,}" if expected else "any number of"
+        if isinstance(expected, int):
+            ok, want = sum(found) == expected, f"{expected:,} images in all"
+        else:
+            ok, want = expected in (None, found), f"{expected[0]:,} / {expected[1]:,} images" if expected else "images"
+        if classes != cls.num_classes or not ok:
             raise DataError(f"{cls.name} in {root} has {found[0]:,} training / {found[1]:,} test images of {classes} "
-                            f"classes, expected {want} images of {cls.num_classes} classes; delete {root / str(cls.folder)} "
-                            f"and run prepare {cls.name} again")
+                            f"classes, expected {want} of {cls.num_classes} classes; delete "
+                            f"{redo or root / str(cls.folder)} and run prepare {cls.name} again")
         return f"{classes} classes, {found[0]:,} training / {found[1]:,} test images"
 
     @classmethod

@@ -133,6 +133,18 @@ class DomainNet(BenchmarkDataset):
         return (sum(LIST_SIZES[d][0] for d in options.domains), sum(LIST_SIZES[d][1] for d in options.domains))
 
     @classmethod
+    def check_prepared(cls, root: Path) -> str:
+        """Each official list's line count (the one to fetch again is named), then the counts check."""
+        options = cls.Options()
+        for domain in options.domains:
+            for side, expected in zip(("train", "test"), LIST_SIZES[domain]):
+                path = root / FOLDER / f"{domain}_{side}.txt"
+                if (found := len(read_list(path))) != expected:
+                    raise DataError(f"{path} lists {found:,} images, the official list {expected:,}; delete it and "
+                                    f"run prepare domainnet again")
+        return cls.check_counts(options, root, cls.full_sizes(options))
+
+    @classmethod
     def write_standin(cls, root: Path, train_per_class: int, test_per_class: int,
                       options: DomainNetOptions) -> dict[str, Any]:
         """The chosen domains' class folders and list files, the class's images spread over the domains."""

@@ -8,9 +8,9 @@ file lands under the data root); this module does the rest for all of them:
 - verification against the published checksum or, where none is published, against the sha256
   recorded in the data root's manifest at the first download (``.prepare/manifest.json``); a file
   that fails is moved aside and never used;
-- unpacking (tarfile with its ``data`` filter, zipfile) into a scratch folder whose top folder is
-  moved into place by one rename, so a target that exists is complete, and an interrupted
-  unpacking is redone by the next run.
+- unpacking (``datasets/archives.py``) into a scratch folder whose top folder is moved to its
+  target by one rename, so a target that exists is complete, and an interrupted unpacking is
+  redone by the next run.
 
 ``--from DIR`` takes the files from a folder (downloaded by hand) and ``--mirror URL`` fetches
 them from ``URL/<file name>``: both are flat folders of the files under their official names.
@@ -22,12 +22,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
-import tarfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.client import HTTPException
@@ -36,6 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark.errors import DataError, StorageError
+from datasets.archives import unpack
 
 STATE = ".prepare"  # under the data root: downloads/, unpack/ and manifest.json
 RETRIES = 4  # attempts per file; the waits between them double from BACKOFF_S
@@ -73,14 +73,14 @@ class DownloadError(DataError):
     the ``--from`` route."""
 
 
-def mirrored(url: str, mirror: str | None) -> str:
-    """``url`` or, with a mirror, the file of the same name under the mirror's base URL."""
-    return url if mirror is None else f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
-
-
 def mib(size: int) -> str:
     """A byte count for people: MiB below a GiB, else GiB."""
     return f"{size / 2**20:.1f} MiB" if size < 2**30 else f"{size / 2**30:.1f} GiB"
+
+
+def downloads_dir(root: Path) -> Path:
+    """Where downloads (and their ``.part`` files) wait until they are in place."""
+    return root / STATE / "downloads"
 
 
 def digest(path: Path, algorithm: str, progress: bool = False) -> str:
@@ -94,13 +94,16 @@ def digest(path: Path, algorithm: str, progress: bool = False) -> str:
     return hasher.hexdigest()
 
 
-def writable_error(err: OSError, folder: Path) -> DataError:
-    """The one-line error for an ``OSError`` while writing under ``folder``."""
+def file_error(err: OSError, root: Path) -> DataError:
+    """The one-line error for an ``OSError`` on a local file: a full disk names the data root,
+    anything else the file (``err.filename``, else the data root)."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(f"no space left in {folder}; free space there (or choose another --data-root) and "
-                            f"rerun the same prepare: what is complete is kept and a partial download resumes")
+        return StorageError(f"no space left in {root}; free space there (or choose another --data-root) and rerun "
+                            f"the same prepare: what is complete is kept and a partial download resumes")
+    where = Path(err.filename) if err.filename else root
     reason = err.strerror or type(err).__name__
-    return DataError(f"cannot write under {folder} ({reason}); choose a --data-root you can write to")
+    return DataError(f"cannot use {where} ({reason}); choose a --data-root you can write to (and a --from folder "
+                     f"you can read)")
 
 
 class Manifest:
@@ -109,11 +112,22 @@ class Manifest:
 
     def __init__(self, root: Path):
         self.path = root / STATE / "manifest.json"
-        try:
-            self.entries: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{self.path} is not valid JSON; delete it (the next prepare records the checksums "
-                            f"again)") from None
+        self._entries: dict[str, dict] | None = None
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        """The recorded entries, read on first use; ``DataError`` if the file is not a manifest."""
+        if self._entries is None:
+            try:
+                entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                entries = None
+            if not isinstance(entries, dict) or not all(
+                    isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in entries.values()):
+                raise DataError(f"{self.path} is not a prepare manifest; delete it (the next prepare records the "
+                                f"checksums again)")
+            self._entries = entries
+        return self._entries
 
     def expected(self, item: Download) -> str | None:
         """The checksum a file must have: the published one, else the recorded one."""
@@ -123,6 +137,7 @@ class Manifest:
         return f"sha256:{entry['sha256']}" if entry else None
 
     def record(self, item: Download, path: Path, sha256: str) -> None:
+        """Record ``path``'s sha256 as the one ``item`` must have from now on."""
         self.entries[item.name] = {"sha256": sha256, "size": path.stat().st_size, "url": item.url,
                                    "recorded": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -132,30 +147,31 @@ class Manifest:
 
 class Fetcher:
     """Brings ``Download`` items into a data root: from ``source_dir`` (``--from``), else from their
-    URLs (or the mirror's), each verified before it is unpacked or placed."""
+    URLs (or ``mirror``/<name>), each verified before it is unpacked or placed."""
 
     def __init__(self, root: Path, mirror: str | None = None, source_dir: Path | None = None,
                  progress: bool = True, keep_archives: bool = False):
         self.root, self.mirror, self.source_dir = root, mirror, source_dir
         self.progress, self.keep_archives = progress, keep_archives
-        self.downloads, self.scratch = root / STATE / "downloads", root / STATE / "unpack"
-        try:
-            self.downloads.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise writable_error(err, root) from None
+        self.downloads, self.scratch = downloads_dir(root), root / STATE / "unpack"
         self.manifest = Manifest(root)
+
+    def url(self, item: Download) -> str:
+        """Where ``item`` is fetched from: its official URL, or the mirror's file of the same name."""
+        return item.url if self.mirror is None else f"{self.mirror.rstrip('/')}/{item.name}"
 
     def ensure(self, item: Download) -> bool:
         """Put ``item`` in place unless its target exists already; True if it was fetched now."""
         if (self.root / item.target).exists():
             return False
         try:
+            self.downloads.mkdir(parents=True, exist_ok=True)
             source = self._fetch(item)
             self._place(item, source)
+            if self.source_dir is None and not self.keep_archives:
+                source.unlink()
         except OSError as err:
-            raise writable_error(err, self.root) from None
-        if source.parent == self.downloads and not self.keep_archives and source.exists():
-            source.unlink()
+            raise file_error(err, self.root) from None
         return True
 
     def _fetch(self, item: Download) -> Path:
@@ -195,14 +211,13 @@ class Fetcher:
                             f"damaged; download it again from {item.url}")
         bad = path.with_name(f"{path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
         path.rename(bad)
-        raise DataError(f"{item.name} from {mirrored(item.url, self.mirror)} has {algorithm} {found}, expected {value} "
-                        f"({where}); moved aside to {bad.name} (never used); rerun to download it again, or pass "
-                        f"--from DIR with a good copy")
+        raise DataError(f"{item.name} from {self.url(item)} has {algorithm} {found}, expected {value} ({where}); "
+                        f"moved aside to {bad} (never used); rerun to download it again, or pass --from DIR with a "
+                        f"good copy")
 
     def _download(self, item: Download, path: Path) -> None:
         """Download into ``<path>.part`` (resuming what is there) and rename it to ``path``."""
-        url = mirrored(item.url, self.mirror)
-        part = path.with_name(f"{path.name}.part")
+        url, part = self.url(item), path.with_name(f"{path.name}.part")
         reason = ""
         for attempt in range(RETRIES):
             if attempt:
@@ -213,41 +228,49 @@ class Fetcher:
                     return
                 reason = "the connection closed before the end of the file"
             except urllib.error.HTTPError as err:
-                if err.code == 416 and part.exists():  # the partial file is not a prefix of this one
-                    part.unlink()
-                    reason = "HTTP 416 on resume"
-                    continue
-                if 400 <= err.code < 500 and err.code not in CLIENT_ERRORS_WORTH_RETRYING:
+                if 400 <= err.code < 500 and err.code not in CLIENT_ERRORS_WORTH_RETRYING | {416}:
                     raise DownloadError(f"{url} answered HTTP {err.code} ({err.reason}); download {item.name} by "
                                         f"hand and pass --from DIR, or --mirror URL") from None
+                if err.code == 416 and part.exists():  # the partial file is complete, or not a prefix of this one
+                    if complete_length(err.headers.get("Content-Range")) == part.stat().st_size:
+                        part.rename(path)
+                        return
+                    part.unlink()
                 reason = f"HTTP {err.code} ({err.reason})"
-            except (urllib.error.URLError, HTTPException, TimeoutError, ConnectionError) as err:
+            except (OSError, HTTPException) as err:  # network: URLError, timeouts, resets, TLS, unreachable hosts
                 reason = str(getattr(err, "reason", err)) or type(err).__name__
         kept = part.stat().st_size if part.exists() else 0
-        raise DownloadError(f"could not download {url} after {RETRIES} attempts ({reason}); rerun to resume"
-                            f"{f' ({mib(kept)} kept)' if kept else ''}, or download {item.name} by hand "
-                            f"and pass --from DIR, or --mirror URL")
+        attempts = f"{RETRIES} attempt{'s' if RETRIES > 1 else ''}"
+        raise DownloadError(f"could not download {url} ({attempts}; {reason}); rerun to resume"
+                            f"{f' ({mib(kept)} kept)' if kept else ''}, or download {item.name} by hand and pass "
+                            f"--from DIR, or --mirror URL")
 
     def _download_once(self, url: str, part: Path, size: int | None) -> bool:
-        """One request, appending to ``part`` from its current length; True when the file is complete."""
+        """One request, appending to ``part`` from its current length; True when the file is complete.
+        Network errors propagate as ``OSError``; local ones (full disk) as one-line ``DataError``."""
         offset = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": USER_AGENT, **({"Range": f"bytes={offset}-"} if offset else {})}
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as response:
-            if offset and response.status != 206:  # the server ignored the range: start over
-                offset = 0
+            if offset and (response.status != 206 or range_start(response.headers.get("Content-Range")) != offset):
+                offset = 0  # the server ignored the range (or sent another one): start over
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else size
-            if total is not None:
-                free = shutil.disk_usage(part.parent).free
-                if total - offset > free:
-                    raise StorageError(f"{part.name.removesuffix('.part')} needs {mib(total - offset)} more in "
-                                       f"{part.parent}, which has {mib(free)} free; free space (or choose another "
-                                       f"--data-root) and rerun")
-            with part.open("ab" if offset else "wb") as handle, tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=part.name.removesuffix(".part"), leave=False, disable=not self.progress) as bar:
+            free = shutil.disk_usage(part.parent).free
+            if total is not None and total - offset > free:
+                raise StorageError(f"{part.name.removesuffix('.part')} needs {mib(total - offset)} more in "
+                                   f"{part.parent}, which has {mib(free)} free; free space (or choose another "
+                                   f"--data-root) and rerun")
+            try:
+                handle = part.open("ab" if offset else "wb")
+            except OSError as err:
+                raise file_error(err, self.root) from None
+            with handle, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                              desc=part.name.removesuffix(".part"), leave=False, disable=not self.progress) as bar:
                 while chunk := response.read(CHUNK):
-                    handle.write(chunk)
+                    try:
+                        handle.write(chunk)
+                    except OSError as err:
+                        raise file_error(err, self.root) from None
                     bar.update(len(chunk))
         return total is None or part.stat().st_size == total
 
@@ -259,32 +282,26 @@ class Fetcher:
         if scratch.exists():  # left by an interrupted run
             shutil.rmtree(scratch)
         scratch.mkdir(parents=True)
+        top = scratch / target.name
         if item.unpack:
             unpack(source, scratch, self.progress)
-            top = scratch / target.name
             if not top.is_dir():
                 found = sorted(entry.name for entry in scratch.iterdir())[:5]
                 raise DataError(f"{source} holds {found}, not the folder {target.name}/; it is not the official "
                                 f"{item.name}: delete it and rerun")
         else:
-            top = scratch / target.name
             shutil.copyfile(source, top)
         os.replace(top, target)
         shutil.rmtree(scratch)
 
 
-def unpack(archive: Path, into: Path, progress: bool) -> None:
-    """Extract a tar (any compression) or zip archive into ``into``; ``DataError`` if it is damaged."""
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zipped:
-                for member in tqdm(zipped.infolist(), desc=f"unpack {archive.name}", unit="file", leave=False,
-                                   disable=not progress):
-                    zipped.extract(member, into)
-            return
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            tar.extractall(into, members=tqdm(members, desc=f"unpack {archive.name}", unit="file", leave=False,
-                                              disable=not progress), filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"{archive} is not a readable archive ({err}); delete it and rerun") from None
+def range_start(content_range: str | None) -> int | None:
+    """The first byte of a ``Content-Range: bytes START-END/TOTAL`` header."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (content_range or "").strip())
+    return int(match.group(1)) if match else None
+
+
+def complete_length(content_range: str | None) -> int | None:
+    """The full length a 416 answer states (``Content-Range: bytes */LENGTH``)."""
+    match = re.fullmatch(r"bytes \*/(\d+)", (content_range or "").strip())
+    return int(match.group(1)) if match else None

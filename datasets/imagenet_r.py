@@ -38,6 +38,7 @@ from datasets.standin import stratified_total, wnid_names, write_jpegs
 FOLDER = "imagenet-r"
 LAYOUT = "imagenet-r/<wnid>/*.jpg with 200 wnid folders (extract imagenet-r.tar)"
 NUM_CLASSES = 200
+TOTAL_IMAGES = 30_000
 SPLIT_NAMES = {"train": "imagenet-r_train.yaml", "test": "imagenet-r_test.yaml"}
 SPLITS = "splits"  # where prepare puts CODA's split YAMLs, under the data root (--split-file <data root>/splits)
 CODA_SPLITS = "https://raw.githubusercontent.com/GT-RIPL/CODA-Prompt/6417d4f68754be68b697c7ca2323ee61e791e1a3/dataloaders/splits"
@@ -130,18 +131,18 @@ class ImageNetR(BenchmarkDataset):
     num_classes = NUM_CLASSES
     default_n_tasks = 10
     Options = ImageNetROptions
-    published_sizes = (24_000, 6_000)  # CODA's split YAMLs; the seeded 80/20 split of the 30,000 is the same size
+    published_sizes = (24_000, 6_000)  # CODA's split YAMLs; the seeded 80/20 split of the 30,000 is about as large
     downloads = DOWNLOADS
 
     @classmethod
     def check_prepared(cls, root: Path) -> str:
-        """The counts check of the seeded 80/20 split and, where prepare placed them, of CODA's split YAMLs."""
-        options = cls.Options()
-        line = cls.check_counts(options, root, cls.full_sizes(options))
+        """The counts check: all 30,000 images (the seeded 80/20 split's sizes vary with the classes'),
+        and, where prepare placed them, CODA's split YAMLs' 24,000 / 6,000."""
+        line = cls.check_counts(cls.Options(), root, TOTAL_IMAGES)  # the 80/20 split's sizes follow the classes'
         if not (root / SPLITS).is_dir():
             return line
         coda = cls.Options(split_file=str(root / SPLITS))
-        cls.check_counts(coda, root, cls.full_sizes(coda))
+        cls.check_counts(coda, root, cls.full_sizes(coda), redo=root / SPLITS)
         return f"{line}; CODA's split verified too (--split-file {root / SPLITS})"
 
     @classmethod

@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1, started by a test, standing in for the internet.
 
-It serves files by name (``/<name>``) with HTTP Range support, and can misbehave per file: drop the
-connection after some bytes (once), corrupt the body, or answer 404 (any name it does not hold).
+It serves files by name (``/<name>``) with HTTP Range support (416 with the length past the end),
+and can misbehave per file: drop the connection after some bytes (once), corrupt the body, ignore
+Range requests, or answer 404 (any name it does not hold).
 It also answers as a Hugging Face hub endpoint (``/<repo>/resolve/<revision>/<file>``, HEAD and GET
 with the hub's ETag and commit headers), for the weights' download. Every request is logged.
 """
@@ -25,6 +26,7 @@ class Files:
     bodies: dict[str, bytes] = field(default_factory=dict)
     drop_after: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before the first drop
     corrupt: set[str] = field(default_factory=set)
+    ignore_range: set[str] = field(default_factory=set)  # answered 200 with the whole file, as some servers do
     hub: dict[str, bytes] = field(default_factory=dict)  # "<repo>/<file>" -> body
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
 
@@ -59,10 +61,13 @@ def _handler(files: Files) -> type[BaseHTTPRequestHandler]:
                 body = bytes(b ^ 0xFF for b in body[:64]) + body[64:]
             start = 0
             ranged = self.headers.get("Range")
-            if ranged and ranged.startswith("bytes=") and ranged.endswith("-"):
+            if ranged and ranged.startswith("bytes=") and ranged.endswith("-") and name not in files.ignore_range:
                 start = int(ranged[len("bytes="):-1])
                 if start >= len(body):
-                    self.send_error(416, "Range Not Satisfiable")
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
             self.send_response(206 if start else 200)
             if start:

@@ -70,21 +70,33 @@ class BrokenHook(SeqLoRA):
             raise RuntimeError("broken hook at task 3\nsecond line of the message")
 
 
+class RefusingHook(SeqLoRA):
+    """A test method whose begin_task refuses its second task with the harness's one-line error."""
+
+    def begin_task(self, task, train_loader) -> None:
+        if task == 1:
+            raise ConfigError("refusing task 2; fix the setting")
+        super().begin_task(task, train_loader)
+
+
 @pytest.fixture
 def broken_method():
     METHODS.register("broken-hook")(BrokenHook)
+    METHODS.register("refusing-hook")(RefusingHook)
     yield "broken-hook"
     METHODS._entries.pop("broken-hook")
+    METHODS._entries.pop("refusing-hook")
 
 
 def test_a_failing_run_is_its_own_line_and_the_others_go_on(tmp_path, capsys, broken_method):
     results = tmp_path / "results"
-    code = cli.main(["preflight", "--methods", broken_method, "inflora", "frozen", "--set", "eps_start=2",
+    code = cli.main(["preflight", "--methods", broken_method, "refusing-hook", "inflora", "frozen", "--set", "eps_start=2",
                      "--results-dir", str(results), *SMALL_SYNTH])
     captured = capsys.readouterr()
     assert code == 1
     rows = {r["label"].split()[0]: r for r in latest_report(results)["runs"]}
     assert rows["broken-hook"]["error"] == "RuntimeError: second line of the message"
+    assert rows["refusing-hook"]["error"] == "refusing task 2; fix the setting"
     assert "eps_start" in rows["inflora"]["error"] and "\n" not in rows["inflora"]["error"]
     assert rows["frozen"]["error"] is None and rows["frozen"]["projection"]["total_s"] > 0
     assert "Traceback" not in captured.err

@@ -19,7 +19,7 @@ import pytest
 
 from benchmark import cli, store
 from benchmark.registry import DATASETS
-from datasets import domainnet, download
+from datasets import domainnet, download, imagenet_a, imagenet_r
 from tests.dataset_fixtures import write_cifar100, write_domainnet, write_imagenet_a, write_imagenet_r
 from tests.loopback_server import Files, serving
 
@@ -83,10 +83,9 @@ def served(built, monkeypatch):
             dataclasses.replace(item, checksum=f"sha256:{hashlib.sha256(bodies[item.name]).hexdigest()}",
                                 size=len(bodies[item.name])) for item in cls.downloads))
     monkeypatch.setattr(DATASETS.get("cifar100"), "published_sizes", (200, 100))
-    # the 80/20 split of 3 images per class; the fixture's YAMLs leave one image out
-    monkeypatch.setattr(DATASETS.get("imagenet-r"), "full_sizes",
-                        classmethod(lambda cls, options: (399, 200) if options.split_file else (400, 200)))
-    monkeypatch.setattr(DATASETS.get("imagenet-a"), "published_sizes", (200, 200))
+    monkeypatch.setattr(imagenet_r, "TOTAL_IMAGES", 600)  # 3 per class
+    monkeypatch.setattr(DATASETS.get("imagenet-r"), "published_sizes", (399, 200))  # the fixture's YAMLs leave one out
+    monkeypatch.setattr(imagenet_a, "TOTAL_IMAGES", 400)
     for domain in domainnet.DOMAINS:
         monkeypatch.setitem(domainnet.LIST_SIZES, domain, (345, 345))
     monkeypatch.setattr(download, "BACKOFF_S", 0.0)
@@ -165,7 +164,7 @@ def test_a_failed_download_keeps_its_part_and_the_rerun_resumes(served, tmp_path
     root = tmp_path / "data"
     code, out, err = prepare(["imagenet-r", "--data-root", str(root), "--mirror", served.url], capsys)
     assert code == 1 and "| failed " in row(out, "imagenet-r")
-    assert f"could not download {served.url}/imagenet-r.tar after 1 attempts" in out and "--from DIR" in out
+    assert f"could not download {served.url}/imagenet-r.tar (1 attempt; " in out and "--from DIR" in out
     assert not (root / "imagenet-r").exists()
     code, out, _ = prepare(["imagenet-r", "--check", "--data-root", str(root)], capsys)
     assert code == 1 and "imagenet-r (partial download, " in row(out, "imagenet-r")
@@ -199,7 +198,7 @@ def test_an_unreachable_host_is_one_line(served, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(download, "RETRIES", 2)
     code, out, _ = prepare(["cifar100", "--data-root", str(tmp_path / "data"), "--mirror", "http://127.0.0.1:9"],
                            capsys)
-    assert code == 1 and "could not download http://127.0.0.1:9/cifar-100-python.tar.gz after 2 attempts" in out
+    assert code == 1 and "could not download http://127.0.0.1:9/cifar-100-python.tar.gz (2 attempts; " in out
 
 
 def test_check_on_a_complete_a_partial_and_a_corrupted_root(served, tmp_path, capsys):
@@ -215,7 +214,7 @@ def test_check_on_a_complete_a_partial_and_a_corrupted_root(served, tmp_path, ca
     code, out, _ = prepare(["cifar100", "imagenet-r", "--check", "--data-root", str(root)], capsys)
     assert code == 1
     assert "| wrong " in row(out, "cifar100") and "is not a CIFAR-100 pickle" in row(out, "cifar100")
-    assert "| wrong " in row(out, "imagenet-r") and "has 399 training / 200 test images" in row(out, "imagenet-r")
+    assert "| wrong " in row(out, "imagenet-r") and "expected 600 images in all" in row(out, "imagenet-r")
     assert served.files.log == []  # --check never touches the network
 
 
@@ -272,6 +271,8 @@ def test_a_first_download_without_a_published_checksum_is_recorded_and_checked_l
     (["cifar100", "--check", "--mirror", "http://x"], "--check only verifies what is in the data root"),
     (["cifar100", "--methods", "inflora"], "--methods chooses whose weights --weights caches; add --weights"),
     (["cifar100", "--from", "/no/such/folder"], "--from /no/such/folder is not a folder"),
+    (["cifar100", "--mirror", "mirror.example.org/data"], "--mirror mirror.example.org/data is not an http(s) URL"),
+    (["all", "imagenet-x"], "cannot prepare imagenet-x"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     code = cli.main(["prepare", *argv, "--data-root", str(tmp_path / "data")])
@@ -342,3 +343,61 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(served, built, tmp_path
     code, out, err = prepare(["imagenet-a", "--data-root", str(tmpfs), "--mirror", served.url], capsys)
     assert code == 0, out + err
     assert gets(served.files) == []
+
+
+def test_a_server_that_ignores_range_gets_the_file_from_the_start(served, tmp_path, capsys):
+    size = len(served.bodies["imagenet-a.tar"])
+    served.files.drop_after["imagenet-a.tar"] = size // 2
+    served.files.ignore_range.add("imagenet-a.tar")
+    code, out, err = prepare(["imagenet-a", "--data-root", str(tmp_path / "data"), "--mirror", served.url], capsys)
+    assert code == 0, out + err  # the 200 answer to the Range request was written from byte 0, not appended
+
+
+def test_a_complete_part_left_before_its_rename_is_used_without_a_download(served, tmp_path, capsys):
+    root = tmp_path / "data"
+    downloads = download.downloads_dir(root)
+    downloads.mkdir(parents=True)
+    (downloads / "imagenet-a.tar.part").write_bytes(served.bodies["imagenet-a.tar"])
+    code, out, err = prepare(["imagenet-a", "--data-root", str(root), "--mirror", served.url], capsys)
+    assert code == 0, out + err
+    size = len(served.bodies["imagenet-a.tar"])
+    assert [r for _, _, r in served.files.log] == [f"bytes={size}-"]  # answered 416 with the length: complete
+
+
+def test_a_failed_domain_is_fetched_alone_by_the_rerun(served, tmp_path, capsys):
+    del served.files.bodies["real.zip"]
+    root = tmp_path / "data"
+    code, out, _ = prepare(["domainnet", "--data-root", str(root), "--mirror", served.url], capsys)
+    assert code == 1 and "real.zip answered HTTP 404" in row(out, "domainnet")
+    code, out, _ = prepare(["domainnet", "--check", "--data-root", str(root)], capsys)
+    assert code == 1 and "| missing " in row(out, "domainnet") and "domainnet/real" in row(out, "domainnet")
+    served.files.bodies["real.zip"] = served.bodies["real.zip"]
+    served.files.log.clear()
+    code, out, err = prepare(["domainnet", "--data-root", str(root), "--mirror", served.url], capsys)
+    assert code == 0, out + err
+    assert gets(served.files) == ["/real.zip"]  # the other files went on after real.zip failed
+
+
+def test_a_damaged_from_file_is_refused_and_left_where_it_is(served, built, tmp_path, capsys):
+    source = tmp_path / "downloads"
+    source.mkdir()
+    (source / "imagenet-a.tar").write_bytes(built["imagenet-a"]["imagenet-a.tar"][:-1000])
+    code, out, _ = prepare(["imagenet-a", "--data-root", str(tmp_path / "data"), "--from", str(source)], capsys)
+    assert code == 1 and f"{source / 'imagenet-a.tar'} has sha256" in out and "download it again from" in out
+    assert (source / "imagenet-a.tar").is_file() and not (tmp_path / "data" / "imagenet-a").exists()
+
+
+def test_a_broken_manifest_is_one_line(served, tmp_path, capsys, monkeypatch):
+    cls = DATASETS.get("imagenet-a")
+    monkeypatch.setattr(cls, "downloads", tuple(dataclasses.replace(item, checksum=None) for item in cls.downloads))
+    root = tmp_path / "data"
+    (root / download.STATE).mkdir(parents=True)
+    (root / download.STATE / "manifest.json").write_text('["not", "a", "manifest"]')
+    code, out, _ = prepare(["imagenet-a", "--data-root", str(root), "--mirror", served.url], capsys)
+    assert code == 1 and "manifest.json is not a prepare manifest; delete it" in row(out, "imagenet-a")
+
+
+def test_an_unwritable_data_root_is_one_line(served, tmpfs, capsys):
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    code, out, _ = prepare(["cifar100", "--data-root", str(tmpfs / "data"), "--mirror", served.url], capsys)
+    assert code == 1 and "Read-only file system); choose a --data-root you can write to" in row(out, "cifar100")
