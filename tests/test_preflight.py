@@ -5,15 +5,18 @@ direct measurement on CPU."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmark import cli, preflight, store
 from benchmark.errors import ConfigError
-from benchmark.registry import DATASETS, METHODS
+from benchmark.registry import METHODS
 from methods.seq_lora import SeqLoRA
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL_SYNTH = ["--tasks", "5", "--set", "data.train_per_class=12", "--set", "data.test_per_class=4",
                "--device", "cpu", "--no-progress"]
 
@@ -160,18 +163,27 @@ def test_extrapolated_peak_memory_is_within_15_percent_of_a_direct_measurement(t
     assert direct[32] > direct[16] > small[2]  # the measurement sees the batch
 
 
+TIME_CHECK = """
+import sys
+from benchmark import cli
+from benchmark.registry import DATASETS
+synth = DATASETS.get("synth")
+synth.load(synth.Options(), None)  # render once, for both
+for command in ("run", "preflight"):
+    assert cli.main([command, "--methods", "inflora", "--device", "cpu", "--no-progress", "--results-dir", sys.argv[1]]) == 0
+"""
+
+
 @pytest.mark.slow
-def test_projected_time_of_a_full_synth_run_is_within_25_percent(tmp_path, capsys):
+def test_projected_time_of_a_full_synth_run_is_within_25_percent(tmp_path):
     """inflora on synth, 10 tasks at its synth recipe: the preflight's projection on this CPU against
-    the full run's measured time, both after the split is rendered (once per process)."""
-    synth = DATASETS.get("synth")
-    synth.load(synth.Options(), None)  # render once, for both
+    the full run's measured time, both after the split is rendered (once per process), in a fresh
+    process (in the suite's long-lived one, a CI run once projected 21.5 s against 15.6 s measured;
+    alone, 15.4 s against 16.0 s)."""
     results = tmp_path / "results"
-    assert cli.main(["run", "--methods", "inflora", "--device", "cpu", "--no-progress",
-                     "--results-dir", str(results)]) == 0
+    done = subprocess.run([sys.executable, "-c", TIME_CHECK, str(results)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
     measured = next(store.load_results(results))["timings"]["total_s"]
-    assert cli.main(["preflight", "--methods", "inflora", "--device", "cpu", "--no-progress",
-                     "--results-dir", str(results)]) == 0
     projected = latest_report(results)["runs"][0]["projection"]["total_s"]
     assert abs(projected - measured) <= 0.25 * measured, (projected, measured)
 

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--tasks", "5", "--set", "data.test_per_class=2", "--device", "cpu", "--no-progress"]
 SHORT = [*TINY, "--epochs", "1", "--set", "data.train_per_class=3"]
 LONG = [*TINY, "--epochs", "4", "--set", "data.train_per_class=10"]  # 8-25 s on 2 cores
-# longer than the 45 s after which a 1-minute job has surely had its time-limit warning (55-80 s)
-TIMED = [*TINY, "--epochs", "8", "--set", "data.train_per_class=60"]
+# longer than the 45 s after which a 1-minute job has surely had its time-limit warning (80-120 s; at
+# 8 epochs, 55-80 s, a CI run once finished inside its first allocation)
+TIMED = [*TINY, "--epochs", "12", "--set", "data.train_per_class=60"]
 SLURM = ["--launcher", "slurm", "--cpus-per-task", "1", "--mem-gb", "1"]
 
 
