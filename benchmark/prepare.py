@@ -99,10 +99,12 @@ def cache_weights(methods: list[str], check: bool) -> list[Row]:
     ``check``: only whether they are cached."""
     from benchmark.backbones import VIT_B16, build_backbone, resolve_backbone_name, weights_cached
 
-    names = dict.fromkeys(resolve_backbone_name(VIT_B16, METHODS.get(m).pretrained_tag) for m in methods)
+    users_of: dict[str, list[str]] = {}
+    for method in methods:
+        users_of.setdefault(resolve_backbone_name(VIT_B16, METHODS.get(method).pretrained_tag), []).append(method)
     rows = []
-    for name in names:
-        users = ", ".join(m for m in methods if name.endswith("." + METHODS.get(m).pretrained_tag))
+    for name, user_list in users_of.items():
+        users = ", ".join(user_list)
         was_cached = weights_cached(name)
         if check:
             rows.append(Row(name, "cached", f"in the Hugging Face cache (methods: {users})") if was_cached else
