@@ -17,12 +17,13 @@ from typing import Any, NoReturn
 from tabulate import tabulate
 
 from benchmark import store
-from benchmark.config import DATA_PREFIX, PRESETS, RunConfig, resolve
+from benchmark.config import PRESETS
 from benchmark.errors import ConfigError, one_line
-from benchmark.slurm_profile import PROFILE_KEYS
 from benchmark.registry import DATASETS, METHODS
+from benchmark.runner import command_run, resolve_runs
+from benchmark.slurm_profile import PROFILE_KEYS
 
-COMMANDS = ("run", "status", "list", "report", "check", "bench", "preflight", "prepare")
+COMMANDS = ("run", "status", "list", "report", "check", "bench", "preflight", "prepare", "sweep")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -94,24 +95,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                              "checked it; `preflight` on a GPU compares it with the synchronous path)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="run_benchmark.py",
-        description="Continual-learning benchmark harness for PEFT methods on frozen ViTs. "
-                    "With no arguments: every method (variants aside) on the synthetic benchmark, seed 0.",
-        epilog="The run options (`run` may be omitted): python run_benchmark.py run --help")
-    sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run methods on a benchmark (the default command)")
-    add_run_options(run)
-    run.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
-    run.add_argument("--force", action="store_true", help="rerun even if a result exists")
-    run.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
-                     help="minutes between checkpoints inside a task (default: 10; one is also saved after "
-                          "every task); a rerun of an interrupted run resumes from its checkpoint")
-    run.add_argument("--keep-checkpoints", action="store_true",
-                     help="keep <results-dir>/checkpoints/<run id>.pt after the result is written")
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    launch = run.add_argument_group("launcher (see docs/cluster.md)")
+def add_launch_options(parser: argparse.ArgumentParser) -> None:
+    """Where results go and how runs execute, shared by ``run`` and ``sweep``."""
+    parser.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
+    parser.add_argument("--force", action="store_true", help="rerun even if a result exists")
+    parser.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
+                        help="minutes between checkpoints inside a task (default: 10; one is also saved after "
+                             "every task); a rerun of an interrupted run resumes from its checkpoint")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep <results-dir>/checkpoints/<run id>.pt after the result is written")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    launch = parser.add_argument_group("launcher (see docs/cluster.md)")
     launch.add_argument("--launcher", default="inline", choices=["inline", "local", "slurm", "debug"],
                         help="inline: in this process (default); local: submitit subprocesses on this machine; "
                              "slurm: one Slurm job array; debug: submitit's debug executor, in this process")
@@ -139,6 +133,39 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--wait", dest="wait", action="store_true", default=None,
                       help="slurm: wait for the jobs and print the table (default: submit and return)")
     wait.add_argument("--no-wait", dest="wait", action="store_false", help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="run_benchmark.py",
+        description="Continual-learning benchmark harness for PEFT methods on frozen ViTs. "
+                    "With no arguments: every method (variants aside) on the synthetic benchmark, seed 0.",
+        epilog="The run options (`run` may be omitted): python run_benchmark.py run --help")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run methods on a benchmark (the default command)")
+    add_run_options(run)
+    add_launch_options(run)
+    sweep = sub.add_parser(
+        "sweep", help="choose each method's settings on held-out training images (validation), then run them on "
+                      "the test set over --seeds (docs/tuning.md)")
+    add_run_options(sweep)
+    search = sweep.add_argument_group("search (each grid point runs on validation data, never on the test set)")
+    search.add_argument("--grid", type=_key_value, action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="search KEY over these values; repeat for more settings (their grid is every "
+                             "combination). Replaces the methods' default spaces; a key only some methods have "
+                             "applies to those (default: each method's space, `sweep --dry-run` lists it)")
+    search.add_argument("--budget", type=int, metavar="N",
+                        help="run N points of each method's grid, drawn at random by --sweep-seed (default: all)")
+    search.add_argument("--sweep-seed", type=int, default=0, metavar="S", help="seed of the --budget draw (default: 0)")
+    search.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                        help="share of each class's training images held out for validation (data.val_fraction; "
+                             "the same images for every seed; default: 0.2)")
+    search.add_argument("--val-seeds", type=int, nargs="+", metavar="S",
+                        help="seeds of the validation runs; a point's score is its mean A_T over them (default: "
+                             "the first of --seeds)")
+    search.add_argument("--dry-run", action="store_true",
+                        help="print each method's grid and the number of runs, run nothing")
+    add_launch_options(sweep)
     preflight = sub.add_parser(
         "preflight", help="run every run of a sweep end to end at its real configuration, cut short; print its "
                           "peak memory and the projected time of the full runs (docs/preflight.md)")
@@ -215,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "published value (results/reference/published.csv), ours (mean ± sd over seeds, in "
                              "the published metric variant), the published value, the difference and a verdict "
                              "(within the published sd, within 1 point, or off), in any format; not with --versus")
+    report.add_argument("--sweep", action="store_true",
+                        help="print the sweeps' grids instead: every point tried with its validation A_T and A_bar, "
+                             "and the chosen one (markdown, latex, csv or json)")
     report.add_argument("--results-dir", default="results", help="where run JSONs are stored (default: results)")
     check = sub.add_parser("check", help="regression check of every method on a small synth split")
     check.add_argument("--update", action="store_true", help="rewrite results/baselines/ci.json with today's values")
@@ -232,194 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
     bench.add_argument("--results-dir", default="results", help="JSON goes to <results-dir>/bench/ (default: results)")
     return parser
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = dict(args.set)
-    for key in ("epochs", "batch_size", "lr"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    for key in ("image_size", "split_file", "domains"):  # shortcuts for data set options
-        value = getattr(args, key)
-        if value is not None:
-            overrides[DATA_PREFIX + key] = value
-    if args.decoded_cache is not None:
-        overrides[DATA_PREFIX + "decoded_cache"] = True
-        if args.decoded_cache:
-            overrides[DATA_PREFIX + "cache_dir"] = args.decoded_cache
-    if args.device_decode:
-        overrides[DATA_PREFIX + "device_decode"] = True
-    return overrides
-
-
-def settings_not_defined(methods: list[str], overrides: dict[str, Any]) -> dict[str, list[str]]:
-    """Per method hyperparameter of ``overrides`` (``--set KEY=VALUE``), the selected methods whose
-    Config lacks it: they run without it. A key that none of several methods defines is an error
-    (with one method, ``resolve`` names the valid settings)."""
-    fields = {m: {f.name for f in dataclasses.fields(METHODS.get(m).Config)} for m in methods}
-    missing = {key: [m for m in methods if key not in fields[m]]
-               for key in overrides if not key.startswith(DATA_PREFIX)}
-    for key, lacking in missing.items():
-        if len(methods) > 1 and len(lacking) == len(methods):
-            raise ConfigError(f"unknown setting {key!r}: none of the selected methods ({', '.join(methods)}) "
-                              "has it; see `run_benchmark.py list --presets`")
-    return {key: lacking for key, lacking in missing.items() if lacking and len(methods) > 1}
-
-
-def resolve_runs(args: argparse.Namespace, errors: list[tuple[str, str]] | None = None) -> list[RunConfig]:
-    """All run configurations of a ``run`` command, validated before anything runs. A ``--set``
-    hyperparameter applies to the selected methods that define it (``settings_not_defined``).
-    With ``errors``, a run whose configuration is invalid is left out and its (label, one-line
-    error) appended there instead of raising."""
-    selected = METHODS.names() if args.methods == ["all"] else args.methods or METHODS.default_names()
-    methods = list(dict.fromkeys(METHODS.canonical(m) for m in selected))
-    from benchmark.protocol import auto_device, resolve_device
-
-    submitted = getattr(args, "launcher", "inline") != "inline"
-    device = args.device if submitted and args.device == "auto" else auto_device(args.device)  # jobs decide "auto"
-
-    if device != "auto":
-        resolve_device(device)  # fail before anything runs
-    overrides = _overrides(args)
-    skipped = settings_not_defined(methods, overrides)
-    configs = []
-    for method in methods:
-        for seed in args.seeds:
-            try:
-                configs.append(resolve(method, args.dataset, args.tasks, seed, args.preset,
-                                       {k: v for k, v in overrides.items() if method not in skipped.get(k, ())},
-                                       backbone=args.backbone, backbone_weights=args.backbone_weights,
-                                       precision=args.precision, compile=args.compile, device=device,
-                                       data_root=args.data_root, num_workers=args.num_workers,
-                                       shuffle_classes=not args.natural_order, prefetch=args.prefetch))
-            except ConfigError as err:
-                if errors is None:
-                    raise
-                errors.append((f"{method} {args.dataset} T{args.tasks or '?'} s{seed}", one_line(err)))
-    return configs
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
-def results_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table of runs: continual methods first, upper bounds last."""
-    rows = []
-    for r in sorted(results, key=lambda r: (r.get("upper_bound", False), )):
-        name = r["method"] + (" (upper bound)" if r.get("upper_bound") else "")
-        rows.append([name, r["seed"], _fmt(r["final_acc"]), _fmt(r.get("final_acc_task_mean")), _fmt(r["avg_acc"]),
-                     _fmt(r.get("forgetting")), _fmt(r.get("task_aware_final_acc")),
-                     f"{r['timings']['total_s']:.0f}"])
-    headers = ["method", "seed", "A_T (%)", "A_T task-mean", "A_bar (%)", "forgetting", "task-aware A_T",
-               "time (s)"]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def _launch_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in PROFILE_KEYS if key in vars(args)}
-
-
-def _run_inline(specs: list[Any]) -> int:
-    from benchmark import protocol
-    from benchmark.job import execute
-
-    failures = 0
-    for spec in specs:
-        try:
-            execute(spec)
-        except protocol.NonFiniteLossError as err:
-            print(f"error: {err}", file=sys.stderr)
-            failures += 1
-    return failures
-
-
-def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
-    """Submit ``specs`` with ``args.launcher``; the number of failed runs, or None when the jobs
-    were submitted without waiting."""
-    from benchmark import job_status, launcher, slurm_profile
-
-    options = slurm_profile.launch_options(slurm_profile.load_profile(args.slurm_profile), _launch_flags(args))
-    if options["time_min"] == "auto":
-        from benchmark.preflight import auto_time_min
-
-        options["time_min"], why = auto_time_min(args.results_dir, [s.run_id for s in specs])
-        print(f"--time-min auto: {options['time_min']} min ({why})", file=sys.stderr)
-    for dataset, data_root in {(s.config.dataset, s.config.data_root) for s in specs}:
-        DATASETS.get(dataset).check_location(data_root)  # a wrong --data-root fails here, not in each job
-    records = {r["run_id"]: r for r in job_status.read_records(args.results_dir)}
-    known = [records[s.run_id] for s in specs if s.run_id in records]
-    left = {state.run_id: state for state in job_status.states(args.results_dir, known)
-            if state.state in job_status.NOT_RESUBMITTED}
-    for run_id, state in left.items():
-        what = f"state unknown ({state.detail})" if state.state == "unknown" else \
-            f"already {state.state} as job {state.job_id}"
-        print(f"{run_id}: {what}, not submitted again (see `run_benchmark.py status`)", file=sys.stderr)
-    todo = [s for s in specs if s.run_id not in left]
-    for spec in todo:  # --force: start afresh now; the job itself only ever resumes
-        if spec.fresh:
-            store.result_path(args.results_dir, spec.run_id).unlink(missing_ok=True)
-            store.checkpoint_path(args.results_dir, spec.run_id).unlink(missing_ok=True)
-    todo = [dataclasses.replace(s, fresh=False) for s in todo]
-    if todo:
-        launcher.submit(todo, args.launcher, options, args.max_parallel, args.results_dir)
-    if args.launcher == "slurm" and not args.wait:
-        print(f"follow with: python run_benchmark.py status --results-dir {args.results_dir}", file=sys.stderr)
-        return None
-    run_ids = {s.run_id for s in specs}
-    final = launcher.wait(args.results_dir, run_ids)  # at once unless Slurm jobs or others' jobs are active
-    for state in final:
-        if state.state == "failed":
-            print(f"error: {state.run_id} failed: {state.detail} (log: {state.log})", file=sys.stderr)
-        elif state.state == "unknown":
-            print(f"error: {state.run_id}: state unknown ({state.detail}); no result here", file=sys.stderr)
-    return sum(state.state != "done" for state in final)
-
-
-def command_run(args: argparse.Namespace) -> int:
-    from benchmark.job import RunSpec, absolute
-
-    if args.checkpoint_every <= 0:
-        raise ConfigError(f"--checkpoint-every must be positive (minutes), got {args.checkpoint_every}")
-    if args.max_parallel is not None and args.max_parallel < 1:
-        raise ConfigError(f"--max-parallel must be at least 1, got {args.max_parallel}")
-    configs = resolve_runs(args)
-    store.check_results_dir(args.results_dir)
-    submitted = args.launcher != "inline"
-    if submitted:  # jobs may start in another folder
-        args.results_dir = absolute(args.results_dir)
-        configs = [dataclasses.replace(c, data_root=absolute(c.data_root)) for c in configs]
-    specs = []
-    for config in configs:
-        run_id = config.run_id()
-        if store.is_complete(args.results_dir, run_id) and not args.force:
-            try:
-                store.read_result(store.result_path(args.results_dir, run_id))
-                print(f"{run_id}: result exists, skipped (use --force to rerun)", file=sys.stderr)
-                continue
-            except ValueError as err:
-                print(f"warning: {err}; running it again", file=sys.stderr)
-        specs.append(RunSpec(config, args.results_dir, 60 * args.checkpoint_every, args.keep_checkpoints,
-                             progress=not args.no_progress and not submitted, fresh=args.force))
-    failures = _run_submitted(args, specs) if submitted and specs else _run_inline(specs)
-    if failures is None:
-        return 0
-    results = [store.read_result(store.result_path(args.results_dir, c.run_id())) for c in configs
-               if store.is_complete(args.results_dir, c.run_id())]
-    dataset = configs[0].dataset if configs else args.dataset
-    print(f"\n{dataset}, {configs[0].n_tasks if configs else '?'} tasks; results in "
-          f"{store.runs_dir(args.results_dir)}/\n")
-    print(results_table(results))
-    print("\nA_T, A_bar: sample-weighted (accuracy over all seen test images); task-mean: mean over tasks; "
-          "forgetting: max-based, in points")
-    settings = dict(args.set)
-    methods = list(dict.fromkeys(c.method for c in configs))
-    for key, lacking in settings_not_defined(methods, settings).items():
-        touched = [m for m in methods if m not in lacking]
-        print(f"--set {key}={settings[key]} applied to {', '.join(touched)}; "
-              f"{', '.join(lacking)} have no {key!r} and ran without it")
-    return 1 if failures else 0
 
 
 def command_status(args: argparse.Namespace) -> int:
@@ -458,14 +300,21 @@ def command_status(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from benchmark import paired, report, reproduction
+    from benchmark import paired, report, reproduction, sweep_record
 
     if args.reproduction and args.versus is not None:
         raise ConfigError("--reproduction and --versus are separate tables: give one of them")
 
     store.check_results_dir(args.results_dir, writable=False)
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    records = sweep_record.load(args.results_dir, warn=warn)
+    if args.sweep:
+        if args.reproduction or args.versus is not None or args.with_published or args.plot:
+            raise ConfigError("report --sweep prints the sweeps' grids only: leave out --reproduction, --versus, "
+                              "--with-published and --plot")
+        return _emit(args, sweep_record.grid_table(records, args.format, args.dataset, args.methods), "sweep grids")
     runs = report.collect(args.results_dir, args.dataset, args.methods)
-    table = report.aggregate(runs)
+    table = sweep_record.mark_tuned(report.aggregate(runs), runs, records)
     if args.with_published:
         table = report.with_published(table, report.load_published())
     if args.versus is not None:
@@ -480,13 +329,24 @@ def command_report(args: argparse.Namespace) -> int:
         text = report.render(table, args.format)
     if args.plot:
         print(f"wrote {report.plot(runs, table, args.plot)}", file=sys.stderr)
+    return _emit(args, text, f"{len(table)} rows")
+
+
+def _emit(args: argparse.Namespace, text: str, what: str) -> int:
+    """Print ``text``, or write it to ``--out``."""
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-        print(f"wrote {args.out} ({len(table)} rows)", file=sys.stderr)
+        print(f"wrote {args.out} ({what})", file=sys.stderr)
     else:
         print(text, end="")
     return 0
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from benchmark.sweep import command_sweep as sweep
+
+    return sweep(args)
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -595,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                     "status": lambda: command_status(args),
                     "report": lambda: command_report(args),
                     "check": lambda: command_check(args), "bench": lambda: command_bench(args),
-                    "preflight": lambda: command_preflight(args), "prepare": lambda: command_prepare(args)}
+                    "preflight": lambda: command_preflight(args), "prepare": lambda: command_prepare(args),
+                    "sweep": lambda: command_sweep(args)}
         return commands.get(args.command, lambda: command_run(args))()
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

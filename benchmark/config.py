@@ -118,6 +118,18 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def typed_setting(method: str, dataset: str, key: str, value: Any) -> Any:
+    """``value`` (e.g. a command-line string) as the type of ``method``'s setting ``key``, or of the
+    data set option ``data.KEY``; a ``ConfigError`` for an unknown key or a value of the wrong type."""
+    owner = DATASETS.get(dataset).Options if key.startswith(DATA_PREFIX) else METHODS.get(method).Config
+    hints = typing.get_type_hints(owner)
+    name = key[len(DATA_PREFIX):] if key.startswith(DATA_PREFIX) else key
+    if name not in hints:
+        raise ConfigError(f"unknown setting {key!r} of {dataset if key.startswith(DATA_PREFIX) else method}; "
+                          f"valid: {', '.join(hints)}")
+    return _coerce(key, value, hints[name])
+
+
 def _apply(target: dict[str, Any], overrides: dict[str, Any], hints: dict[str, Any], where: str,
            prefix: str = "") -> None:
     for key, value in overrides.items():

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from benchmark import paired, store
+from benchmark import paired, store, sweep_record
 from benchmark.report import _benchmarks, _in_benchmark, _mean_sd, _runs_of, _save_figure
 
 # Heatmap colours: matplotlib's viridis on a fixed 0-100 % scale (the same for both matrices and
@@ -72,6 +72,7 @@ def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) ->
             ["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
         plot = _plot_png(runs, table, dataset, n_tasks)
         parts += [f"<h2>{html.escape(str(dataset))}, {n_tasks} tasks</h2>", _leaderboard(runs, rows),
+                  *(f"<p class='note'>{html.escape(note)}</p>" for note in sweep_record.notes(rows)),
                   f"<img alt='accuracy after each task' src='data:image/png;base64,{plot}'>", "<h3>Runs</h3>"]
         parts += [_run_section(result, r.label, runs_folder) for r in rows.itertuples() for result in _results(runs, r)]
     return "".join(parts) + "</body></html>\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark import paired, store
+from benchmark import paired, store, sweep_record
 from benchmark.config import identity
 from benchmark.errors import ConfigError
 
@@ -30,6 +30,7 @@ COLUMNS = ["dataset", "n_tasks", "method", "n_seeds", "final_acc_mean", "final_a
            "avg_acc_std", "forgetting_mean", "forgetting_std"]
 FORMATS = ("markdown", "latex", "csv", "json")  # and html, which needs the runs: html_report.to_html()
 PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
+SWEEP_COLUMNS = ["sweep", "sweep_grid_points", "sweep_points_tried", "sweep_note"]  # sweep_record.mark_tuned
 PUBLISHED_COLUMNS = ["published_final_acc", "published_final_acc_std", "published_avg_acc", "published_source",
                      "final_acc_diff"]
 
@@ -155,8 +156,13 @@ def to_markdown(table: pd.DataFrame) -> str:
     if published:
         headers += ["published A_T", "Δ A_T", "source"]
     text = tabulate(rows, headers=headers + paired_headers, tablefmt="github", disable_numparse=True)
+    text += "".join(f"\n{note}" for note in sweep_record.notes(table))
     return (text + "".join(f"\n[{i + 1}] {s}" for i, s in enumerate(sources))
             + (f"\n\n{paired.MARKDOWN_NOTE}" if compared else ""))
+
+
+def _latex_sweep_mark(text: str) -> str:
+    return text.replace(sweep_record.MARK, r"$^\ddagger$")
 
 
 def _latex_escape(text: str) -> str:
@@ -184,7 +190,7 @@ def to_latex(table: pd.DataFrame) -> str:
     lines.append(" & " + " & ".join(r"$A_T$ & $\bar{A}$" for _ in benchmarks) + r" \\")
     lines.append(r"\midrule")
     for label in labels:
-        row = [_latex_escape(label)]
+        row = [_latex_sweep_mark(_latex_escape(label))]
         for bench in benchmarks:
             cell = cells.get((label, *bench))
             for metric in ("final_acc", "avg_acc"):
@@ -203,6 +209,9 @@ def to_latex(table: pd.DataFrame) -> str:
     lines.append(r"\bottomrule")
     if "final_acc_best_p" in table:
         lines += _latex_paired_note(table, 1 + 2 * len(benchmarks))
+    width = 1 + 2 * len(benchmarks)
+    lines += [rf"\multicolumn{{{width}}}{{l}}{{\footnotesize {_latex_sweep_mark(_latex_escape(note))}}} \\"
+              for note in sweep_record.notes(table)]
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
@@ -246,8 +255,8 @@ def _latex_published_rows(table: pd.DataFrame, benchmarks: list) -> list[str]:
 
 def to_records(table: pd.DataFrame) -> pd.DataFrame:
     """The CSV/JSON layout: one row per group, the documented columns."""
-    extra = [c for c in PUBLISHED_COLUMNS + paired.PAIRED_COLUMNS if c in table]
-    return table.assign(method=table["label"])[COLUMNS + extra]
+    extra = [c for c in PUBLISHED_COLUMNS + paired.PAIRED_COLUMNS + SWEEP_COLUMNS if c in table]
+    return table.assign(method=table["label"].str.replace(" " + sweep_record.MARK, "", regex=False))[COLUMNS + extra]
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

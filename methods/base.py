@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbones import backbone_features, weights_digest
+from benchmark.search_space import LR_LADDER, Around, Space
 
 
 @dataclass
@@ -95,6 +96,10 @@ class Method(nn.Module):
     # shuffled training loader, with augmentation, as InfLoRA's code) or "test" (the same images
     # in fixed order under the test transform, as SimpleCIL's and RanPAC's class statistics)
     hook_transform: ClassVar[str] = "train"
+    # what `sweep` searches by default (benchmark/search_space.py): setting -> values, or a rule
+    # deriving them from the recipe's value; per data set where it differs. Default: the lr only
+    SEARCH_SPACE: ClassVar[Space] = {"lr": Around(LR_LADDER)}
+    DATASET_SEARCH_SPACES: ClassVar[dict[str, Space]] = {}
 
     def __init__(self, backbone: nn.Module, task_sizes: list[int], cfg: MethodConfig):
         super().__init__()
@@ -106,6 +111,11 @@ class Method(nn.Module):
         # identities of the frozen backbone tensors: never part of a checkpoint
         self._frozen_ids = {id(t) for t in backbone.state_dict(keep_vars=True).values()}
         self.backbone_digest = weights_digest(backbone)  # of the weights as given, before any wrapping
+
+    @classmethod
+    def search_space(cls, dataset: str) -> Space:
+        """The default space of ``sweep`` on ``dataset``."""
+        return cls.DATASET_SEARCH_SPACES.get(dataset, cls.SEARCH_SPACE)
 
     # -- harness-owned state -------------------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
+from benchmark.search_space import LR_LADDER, Around, Scaled
 from methods.prompt_base import (CODA_CODE_RECIPES, PromptConfig, PromptMethod, check_prompt_length, cosine_matrix,
                                  split_prefix, uniform_prompt)
 
@@ -58,6 +59,9 @@ class DualPrompt(PromptMethod):
     Config = DualPromptConfig
     # the tiny synth ViT has 4 blocks, so its e-prompts sit at blocks 2-3
     DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], e_blocks=[2, 3])}
+    SEARCH_SPACE = {"lr": Around(LR_LADDER), "e_length": Scaled((0.5, 1, 2))}
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1e-2, 3e-2, 1e-1], "head_lr": [1e-2, 3e-2, 1e-1, 3e-1]}}
 
     def __init__(self, backbone, task_sizes, cfg: DualPromptConfig):
         super().__init__(backbone, task_sizes, cfg)

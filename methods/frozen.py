@@ -33,6 +33,8 @@ class FrozenBackbone(Method):
         "imagenet-a": dict(epochs=20, lr=1e-3),
         "domainnet": dict(epochs=5, lr=1e-3),
     }
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1e-2, 3e-2, 1e-1]}}
 
     def __init__(self, backbone, task_sizes, cfg):
         super().__init__(backbone, task_sizes, cfg)

@@ -45,6 +45,7 @@ import torch
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
+from benchmark.search_space import LR_LADDER, Around
 from methods.base import Method, MethodConfig, TaskHeads
 from methods.lora import LoRAQKV, add_lora_qkv
 from methods.subspace import SubspaceMemory, design_down_projection, threshold_schedule
@@ -112,6 +113,10 @@ class InfLoRA(Method):
 
     Config = InfLoRAConfig
     DATASET_DEFAULTS = INFLORA_DEFAULTS
+    # the energy threshold at task 0 (the official configs: 0.95 or 0.98) and its neighbours
+    SEARCH_SPACE = {"lr": Around(LR_LADDER), "eps_start": Around((0.9, 0.95, 0.98, 0.99, 0.995))}
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1e-3, 3e-3, 1e-2], "head_lr": [1e-2, 3e-2, 1e-1]}}
     pretrained_tag = "augreg_in21k"  # InfLoRA's code: ViT-B/16 ImageNet-21k AugReg (no 1k fine-tuning)
 
     def __init__(self, backbone, task_sizes, cfg: InfLoRAConfig):

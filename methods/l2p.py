@@ -23,6 +23,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.registry import register_method
+from benchmark.search_space import LR_LADDER, Around, Scaled
 from methods.prompt_base import (CODA_CODE_RECIPES, PromptConfig, PromptMethod, check_prompt_length, cosine_matrix,
                                  uniform_prompt)
 
@@ -62,6 +63,9 @@ class L2P(PromptMethod):
     Config = L2PConfig
     # synth: its own choice on validation A_T (results/measured/synth_recipes.json)
     DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], lr=1e-1, head_lr=1e-1)}
+    SEARCH_SPACE = {"lr": Around(LR_LADDER), "length": Scaled((0.5, 1, 2))}
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1e-2, 3e-2, 1e-1, 3e-1], "head_lr": [1e-2, 3e-2, 1e-1, 3e-1]}}
 
     def __init__(self, backbone, task_sizes, cfg: L2PConfig):
         super().__init__(backbone, task_sizes, cfg)

@@ -150,6 +150,9 @@ class RanPAC(Method):
 
     Config = RanPACConfig
     DATASET_DEFAULTS = dataset_rows()
+    # the default space is the base class's lr axis: phase 1's lr (the later tasks are training-free)
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1.0, 2.0, 5.0]}}
     pretrained_tag = "augreg_in21k"  # CIFAR-100's backbone (the code's pretrained_vit_b16_224_in21k)
     # the code's backbone per data set (timm tags); see the module docstring
     DATASET_PRETRAINED_TAGS: ClassVar[dict[str, str]] = {
@@ -265,6 +268,7 @@ class RanPACNoPhase1(RanPAC):
     Config = RanPACNoPhase1Config
     variant_of = "ranpac"
     DATASET_DEFAULTS = dataset_rows(petl="none")
+    SEARCH_SPACE, DATASET_SEARCH_SPACES = {}, {}  # no phase 1: nothing is trained, nothing to choose
 
 
 @dataclass
@@ -282,6 +286,7 @@ class RanPACNoRPNoPhase1(RanPAC):
     Config = RanPACNoRPNoPhase1Config
     variant_of = "ranpac"
     DATASET_DEFAULTS = dataset_rows(petl="none", projection_dim=0)
+    SEARCH_SPACE, DATASET_SEARCH_SPACES = {}, {}  # no phase 1: nothing is trained, nothing to choose
 
 
 @dataclass

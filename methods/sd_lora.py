@@ -162,6 +162,9 @@ class SDLoRA(Method):
 
     Config = SDLoRAConfig
     DATASET_DEFAULTS = SDLORA_DEFAULTS
+    # the default space is the base class's lr axis (init_lr, where a recipe sets it, stays)
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1e-1, 2e-1, 3e-1, 5e-1]}}
     pretrained_tag = "augreg2_in21k_ft_in1k"  # timm 1.0.9's vit_base_patch16_224, as the logs confirm
 
     def __init__(self, backbone, task_sizes, cfg: SDLoRAConfig):

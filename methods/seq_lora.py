@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmark.registry import register_method
+from benchmark.search_space import LR_LADDER, Around, Scaled
 from methods.base import Method, MethodConfig, TaskHeads
 from methods.lora import add_lora_qkv
 
@@ -44,6 +45,9 @@ class SeqLoRA(Method):
         "imagenet-a": dict(epochs=20, lr=5e-4),
         "domainnet": dict(epochs=5, lr=5e-4, rank=30),
     }
+    SEARCH_SPACE = {"lr": Around(LR_LADDER), "rank": Scaled((0.5, 1, 2))}
+    # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
+    DATASET_SEARCH_SPACES = {"synth": {"lr": [1e-3, 3e-3, 1e-2], "head_lr": [1e-2, 3e-2, 1e-1]}}
 
     def __init__(self, backbone, task_sizes, cfg: SeqLoRAConfig):
         super().__init__(backbone, task_sizes, cfg)

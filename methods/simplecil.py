@@ -93,6 +93,7 @@ class SimpleCIL(Method):
 
     Config = SimpleCILConfig
     DATASET_DEFAULTS = SIMPLECIL_DEFAULTS
+    SEARCH_SPACE = {}  # nothing is trained: nothing to choose
     pretrained_tag = "augreg_in21k"  # RevisitingCIL's pretrained_vit_b16_224_in21k (timm 0.6.12)
     hook_transform = "test"
 

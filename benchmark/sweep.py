@@ -1,0 +1,246 @@
+"""``python run_benchmark.py sweep``: choose each method's settings on validation data, then run them on test.
+
+1. Per method a grid: its default search space on the data set (``Method.search_space``, axes
+   around the recipe's values; benchmark/search_space.py) or the ``--grid`` given; all of its
+   points, or ``--budget`` of them drawn by ``--sweep-seed`` (the same number for every method).
+2. Every point runs as a normal harness run with ``data.val_fraction`` set: it trains on the rest
+   of the training images and is evaluated on the held-out ones, never on the test set. The runs
+   go through the launcher like any others (a Slurm job array), are stored, and are reused by a
+   later sweep that needs them; a sweep interrupted or submitted without waiting is resumed by
+   running the same command again.
+3. Per method the point with the highest mean validation A_T over ``--val-seeds`` is chosen (ties
+   go to the recipe's own point, then to the first in grid order) and recorded with the whole
+   grid in ``<results-dir>/sweeps/`` (benchmark/sweep_record.py).
+4. The final runs: the chosen settings over ``--seeds`` on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from benchmark import search_space, store, sweep_record
+from benchmark.config import DATA_PREFIX, RunConfig, resolve, typed_setting
+from benchmark.errors import ConfigError
+from benchmark.registry import DATASETS, METHODS
+from benchmark.runner import (check_launch_options, launch, print_results, run_fields, run_overrides,
+                              selected_methods)
+
+VAL_KEY = DATA_PREFIX + "val_fraction"
+
+
+@dataclasses.dataclass
+class MethodGrid:
+    """One method's part of a sweep."""
+
+    method: str
+    grid: dict[str, list[Any]]  # setting -> values, typed
+    points: list[dict[str, Any]]  # the points run: all of the grid's, or the budget's draw
+    n_grid_points: int
+    preset_point: dict[str, Any]  # the recipe's values of the grid's settings
+    source: str  # "default space" or "--grid"
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """One-line errors for bad values of the sweep's own options."""
+    check_launch_options(args)
+    if args.budget is not None and args.budget < 1:
+        raise ConfigError(f"--budget must be at least 1 point, got {args.budget}")
+    if not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1 (the share of each class's training images "
+                          f"held out), got {args.val_fraction}")
+    if any(s < 0 for s in args.val_seeds or []):
+        raise ConfigError(f"--val-seeds must be non-negative, got {args.val_seeds}")
+
+
+def _fields_of(method: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
+
+
+def grids(args: argparse.Namespace, methods: list[str], overrides: dict[str, Any], fields: dict[str, Any]
+          ) -> list[MethodGrid]:
+    """Each method's grid and the points to run (``--grid`` or the default space; ``--budget``)."""
+    given = search_space.parse_grid(args.grid)
+    for key in given:
+        if key in overrides or key == VAL_KEY:
+            flag = "--val-fraction" if key == VAL_KEY else f"--set {key} (or its shortcut flag)"
+            raise ConfigError(f"{key} is both searched (--grid) and fixed ({flag}); give one of them")
+        if not key.startswith(DATA_PREFIX) and not any(key in _fields_of(m) for m in methods):
+            raise ConfigError(f"--grid key {key!r}: none of the selected methods ({', '.join(methods)}) has that "
+                              "setting; see `run_benchmark.py list --presets`")
+    planned = []
+    for method in methods:
+        recipe = resolve(method, args.dataset, args.tasks, 0, args.preset, overrides, **fields)
+        settings = {**recipe.hparams, **{DATA_PREFIX + k: v for k, v in recipe.data_options.items()}}
+        space = METHODS.get(method).search_space(recipe.dataset)
+        if not space:  # trains nothing (simplecil): no setting to choose, whatever --grid says
+            grid, source = {}, "nothing to choose"
+        elif given:
+            grid = {key: [typed_setting(method, args.dataset, key, v) for v in values]
+                    for key, values in given.items() if key.startswith(DATA_PREFIX) or key in _fields_of(method)}
+            source = "--grid"
+        else:
+            grid = {key: search_space.axis_values(axis, settings[key]) for key, axis in space.items()
+                    if key not in overrides}  # a setting fixed on the command line is not searched
+            source = "default space"
+        every = search_space.points(grid)
+        if len(every) == 1:  # nothing to choose (e.g. simplecil): no validation run, no budget
+            planned.append(MethodGrid(method, grid, every, 1, {key: settings[key] for key in grid}, source))
+            continue
+        if args.budget is not None and args.budget > len(every):
+            raise ConfigError(f"--budget {args.budget} is larger than {method}'s grid ({len(every)} point"
+                              f"{'s' if len(every) != 1 else ''}: {_axes_text(grid)}); give --budget {len(every)} "
+                              "or less, or a larger --grid")
+        planned.append(MethodGrid(method, grid, search_space.sample(every, args.budget, args.sweep_seed), len(every),
+                                  {key: settings[key] for key in grid}, source))
+    return planned
+
+
+def _axes_text(grid: dict[str, list[Any]]) -> str:
+    return " x ".join(f"{k} {'/'.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+                      for k, vs in grid.items()) or "the recipe only"
+
+
+def check_validation_split(config: RunConfig) -> None:
+    """Fail before anything runs when the validation fraction leaves a class with no held-out or
+    no training image (the data set's labels are read once here)."""
+    from datasets.base import hold_out_validation
+
+    options = config.dataset_options()
+    if getattr(options, "image_size", 0) is None:
+        from benchmark.backbones import backbone_input_size
+
+        options = dataclasses.replace(options, image_size=backbone_input_size(config.backbone))
+    data = DATASETS.get(config.dataset).load(options, config.data_root)
+    try:
+        hold_out_validation(data, options.val_fraction)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("data.val_fraction", "--val-fraction")) from None
+
+
+def sweep_id(args: argparse.Namespace, planned: list[MethodGrid], overrides: dict[str, Any],
+             example: RunConfig) -> str:
+    """Hash of what the selection depends on (not of the final seeds, which can be extended)."""
+    from benchmark.config import identity
+
+    key = {"dataset": example.dataset, "n_tasks": example.n_tasks, "preset": args.preset,
+           "val_fraction": args.val_fraction, "val_seeds": args.val_seeds, "budget": args.budget,
+           "sweep_seed": args.sweep_seed if args.budget else None,
+           "overrides": {k: str(v) for k, v in overrides.items()},
+           "run": {k: v for k, v in identity(example.to_dict()).items()
+                   if k not in ("method", "seed", "hparams", "data_options", "preset")},
+           "grids": {g.method: [g.grid, g.points] for g in planned}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def choose(scored: list[dict[str, Any]], preset_point: dict[str, Any]) -> dict[str, Any]:
+    """The point of highest mean validation A_T; ties go to the recipe's point, then to the first."""
+    best = max(round(p["val_final_acc"], 6) for p in scored)
+    tied = [p for p in scored if round(p["val_final_acc"], 6) == best]
+    return next((p for p in tied if p["setting"] == preset_point), tied[0])["setting"]
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    check_options(args)
+    args.val_seeds = args.val_seeds or args.seeds[:1]
+    methods = selected_methods(args)
+    fields = run_fields(args)
+    overrides = run_overrides(args)
+    planned = grids(args, methods, overrides, fields)
+
+    def config(method: str, seed: int, point: dict[str, Any], validation: bool) -> RunConfig:
+        extra = {VAL_KEY: args.val_fraction} if validation else {}
+        try:
+            return resolve(method, args.dataset, args.tasks, seed, args.preset, {**overrides, **point, **extra},
+                           **fields)
+        except ConfigError as err:
+            raise ConfigError(f"{method} at {sweep_record.setting_text(point)}: {err}") from None
+
+    val_configs = {(g.method, i, s): config(g.method, s, p, True)
+                   for g in planned if len(g.points) > 1 for i, p in enumerate(g.points) for s in args.val_seeds}
+    example = next(iter(val_configs.values()), None) or config(planned[0].method, args.val_seeds[0], {}, True)
+    print(plan_table(planned, len(args.val_seeds), len(args.seeds)), file=sys.stderr)
+    print(f"{len(val_configs)} validation runs, then {len(planned) * len(args.seeds)} final runs", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    check_validation_split(example)
+
+    failures = launch(args, list(val_configs.values()), what="validation runs")
+    if failures is None:
+        print("validation runs submitted; when they are done, run the same command again to select the settings "
+              f"and start the final runs (follow with: python run_benchmark.py status --results-dir "
+              f"{args.results_dir})", file=sys.stderr)
+        return 0
+    missing = [c for c in val_configs.values() if not store.is_complete(args.results_dir, c.run_id())]
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(val_configs)} validation runs have no result (first: "
+                          f"{missing[0].run_id}); nothing is selected on a partial grid. Fix the cause and run the "
+                          "same command again: the stored points are reused")
+
+    record = {"sweep_id": sweep_id(args, planned, overrides, example), "dataset": example.dataset,
+              "n_tasks": example.n_tasks, "preset": args.preset, "val_fraction": args.val_fraction,
+              "val_seeds": args.val_seeds, "budget": args.budget,
+              "sweep_seed": args.sweep_seed if args.budget else None,
+              "overrides": {k: v for k, v in overrides.items()}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "methods": {}}
+    final_configs = []
+    for g in planned:
+        scored = []
+        for i, point in enumerate(g.points if len(g.points) > 1 else []):
+            results = [store.read_result(store.result_path(args.results_dir, val_configs[g.method, i, s].run_id()))
+                       for s in args.val_seeds]
+            scored.append({"setting": point, "run_ids": [r["run_id"] for r in results],
+                           "val_final_acc": float(np.mean([r["final_acc"] for r in results])),
+                           "val_avg_acc": float(np.mean([r["avg_acc"] for r in results]))})
+        chosen = choose(scored, g.preset_point) if scored else g.points[0]
+        scored = scored or [{"setting": chosen, "run_ids": [], "val_final_acc": None, "val_avg_acc": None}]
+        runs = [config(g.method, s, chosen, False) for s in args.seeds]
+        final_configs += runs
+        record["methods"][g.method] = {
+            "grid": g.grid, "source": g.source, "n_grid_points": g.n_grid_points, "preset_point": g.preset_point,
+            "points": scored, "chosen": chosen, "edges": search_space.edges(g.grid, chosen) if len(g.points) > 1 else [],
+            "final_run_ids": {str(s): c.run_id() for s, c in zip(args.seeds, runs)}}
+    path = sweep_record.write(args.results_dir, record)
+    print(selection_table(record))
+    print(f"\nthe grids and every validation score: {path} (python run_benchmark.py report --sweep "
+          f"--results-dir {args.results_dir})")
+    for method, entry in record["methods"].items():
+        for edge in entry["edges"]:
+            print(f"note: {method}: {edge}; the best may lie beyond it: extend the grid with --grid", file=sys.stderr)
+
+    failures = launch(args, final_configs, what="final runs")
+    if failures is None:
+        print("final runs submitted; run the same command again when they are done for the table, or "
+              "`python run_benchmark.py report`", file=sys.stderr)
+        return 0
+    print_results(args, final_configs)
+    return 1 if failures else 0
+
+
+def plan_table(planned: list[MethodGrid], n_val_seeds: int, n_seeds: int) -> str:
+    rows = [[g.method, g.source, _axes_text(g.grid), f"{len(g.points)} of {g.n_grid_points}",
+             len(g.points) * n_val_seeds if len(g.points) > 1 else 0, n_seeds] for g in planned]
+    return tabulate(rows, headers=["method", "space", "grid", "points", "validation runs", "final runs"],
+                    tablefmt="github", disable_numparse=True)
+
+
+def selection_table(record: dict[str, Any]) -> str:
+    rows = []
+    for method, entry in record["methods"].items():
+        best = next(p for p in entry["points"] if p["setting"] == entry["chosen"])
+        score = best["val_final_acc"]
+        rows.append([method, sweep_record.setting_text(entry["chosen"]) +
+                     (" (recipe)" if entry["chosen"] == entry["preset_point"] else ""),
+                     "–" if score is None else f"{score:.2f}", f"{len(entry['points'])} of {entry['n_grid_points']}"])
+    return (f"\n{record['dataset']}, {record['n_tasks']} tasks: chosen on validation A_T (mean over seed"
+            f"{'s' if len(record['val_seeds']) > 1 else ''} {', '.join(map(str, record['val_seeds']))})\n\n"
+            + tabulate(rows, headers=["method", "chosen", "validation A_T", "points"], tablefmt="github",
+                       disable_numparse=True))
