@@ -92,6 +92,30 @@ def test_a_sweep_as_one_job_array_equals_the_inline_runs(tmp_path, slurm_env):
     assert "submitted" not in rerun.stderr
 
 
+def test_a_sweep_through_slurm_selects_what_the_inline_sweep_selects(tmp_path, slurm_env):
+    sweep = ["sweep", "--methods", "frozen", "seq-lora", "--grid", "lr=0.003,0.03", "--seeds", "0", "1", *SHORT]
+    inline = cli([*sweep, "--results-dir", str(tmp_path / "inline")], slurm_env)
+    assert inline.returncode == 0, inline.stderr
+    submitted = cli([*sweep, "--results-dir", str(tmp_path / "slurm"), *SLURM, "--max-parallel", "2"], slurm_env)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "validation runs submitted" in submitted.stderr and "as Slurm job array" in submitted.stderr
+    resumed = cli([*sweep, "--results-dir", str(tmp_path / "slurm"), *SLURM, "--wait"], slurm_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "not submitted again" in resumed.stderr or "4 of 4 already stored" in resumed.stderr
+
+    def record(folder: Path) -> dict:
+        [path] = (folder / "sweeps").glob("*.json")
+        return json.loads(path.read_text())
+
+    inline_record, slurm_record = record(tmp_path / "inline"), record(tmp_path / "slurm")
+    assert slurm_record["sweep_id"] == inline_record["sweep_id"]
+    for method, entry in inline_record["methods"].items():
+        assert slurm_record["methods"][method]["chosen"] == entry["chosen"]
+        assert slurm_record["methods"][method]["points"] == entry["points"]
+    assert matrices(tmp_path / "slurm") == matrices(tmp_path / "inline")  # 4 validation and 4 final runs
+    assert len(matrices(tmp_path / "slurm")) == 8
+
+
 @pytest.fixture(scope="module")
 def long_reference(tmp_path_factory, slurm_env) -> tuple[Path, dict[str, list]]:
     """The uninterrupted result of the LONG run (inline)."""
