@@ -42,8 +42,10 @@ Choices of this harness (ours), none of which changes the mathematics:
   not after phase 1 from the global stream, and is regenerated rather than checkpointed;
 * the projection and the readout always run in float32 outside autocast (also under bf16);
 * the phase-1 head stays in the module after task 0 (unused), so the state layout is fixed;
-* the NCM head of ``ranpac-ncm`` has sigma = 1 (the code keeps phase 1's trained sigma, a positive
-  factor that does not change the argmax);
+* the NCM head of ``ranpac-ncm``, and the ridge head of ``ranpac-no-rp`` (M = 0) at task 0, have
+  sigma = 1: the code keeps phase 1's trained sigma in both (RanPAC.py:249-258; at M = 0 its task-0
+  logits are scaled by it, about 0.996 after a short run), a positive factor that does not change
+  the argmax;
 * DomainNet: the code runs it domain-incremental (6 domains x 345 classes, IN-1k + AdaptFormer);
   here it is the harness's class-incremental split with the same recipe: not comparable;
 * the backbone depends on the data set (IN-21k for CIFAR-100, IN-21k -> IN-1k for the others):
