@@ -173,3 +173,21 @@ def test_report_sweep_without_records_is_one_line(capsys, results_dir):
     assert err.startswith("error: no sweep records match") and "\n" not in err
     assert main(["report", "--results-dir", str(results_dir)]) == 0
     assert "‡" not in capsys.readouterr().out  # a plain run is never marked
+
+
+def test_the_default_spaces_table_in_the_docs_matches_the_method_files():
+    text = (Path(__file__).resolve().parents[1] / "docs/tuning.md").read_text()
+    rows = {}
+    for line in text.split("## Default spaces")[1].split("\n\n")[1].splitlines()[2:]:
+        names, real, _ = [c.strip() for c in line.strip("|").split("|")]
+        for name in names.replace(" and its variants", "").split(", "):
+            rows[name] = real
+    for method in METHODS.names():
+        cls = METHODS.get(method)
+        real = rows.get(method) or rows[cls.variant_of]
+        space = cls.search_space("cifar100")
+        if not space:
+            assert real == "nothing to choose", method
+        else:
+            assert [w.strip(",") for w in real.split() if w.strip(",") in {f.name for f in dataclasses.fields(
+                cls.Config)}] == list(space), method
