@@ -57,6 +57,10 @@ def check_options(args: argparse.Namespace) -> None:
     if not 0 < args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1 (the share of each class's training images "
                           f"held out), got {args.val_fraction}")
+    if args.time_min == "auto":
+        raise ConfigError("sweep: --time auto needs a preflight projection of every run, and preflight does not run "
+                          "grid points; give --time-min MINUTES (e.g. 1.5 x the longest run a preflight of the "
+                          "recipes projects)")
     if any(s < 0 for s in args.val_seeds or []):
         raise ConfigError(f"--val-seeds must be non-negative, got {args.val_seeds}")
 

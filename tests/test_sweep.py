@@ -102,6 +102,7 @@ def test_synth_spaces_are_the_grids_the_synth_recipes_were_chosen_from():
     (["--methods", "frozen", "--grid", "lr=1,2", "--grid", "lr=3"], "--grid lr is given twice"),
     (["--methods", "frozen", "--grid", "lr=0.1,0.2", "--lr", "0.1"], "lr is both searched (--grid) and fixed"),
     (["--methods", "frozen", "--grid", "lr=0.1,abc"], "bad value 'abc' for lr"),
+    (["--methods", "frozen", "--time", "auto"], "sweep: --time auto needs a preflight projection of every run"),
     (["--methods", "coda", "--grid", "length=4,5"], "coda at length=5: CODA-Prompt length must be even"),
 ])
 def test_bad_sweep_input_is_one_line_and_runs_nothing(argv, message, capsys, results_dir):
