@@ -63,8 +63,13 @@ def execute(spec: RunSpec, checkpointer: Checkpointer | None = None) -> dict[str
     if spec.fresh:
         checkpointer.remove()
     config = dataclasses.replace(spec.config, device=protocol.auto_device(spec.config.device))  # the job's machine
-    result = protocol.run(config, progress=spec.progress, checkpointer=checkpointer)
+    try:
+        result = protocol.run(config, progress=spec.progress, checkpointer=checkpointer)
+    except protocol.NonFiniteLossError as err:  # noted, so that a sweep scores the point as diverged
+        store.write_diverged(spec.results_dir, run_id, str(err))
+        raise
     store.write_result(spec.results_dir, result)
+    store.diverged_path(spec.results_dir, run_id).unlink(missing_ok=True)
     if not spec.keep_checkpoints:
         checkpointer.remove()
     return result

@@ -184,11 +184,14 @@ def check_launch_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-parallel must be at least 1, got {args.max_parallel}")
 
 
-def launch(args: argparse.Namespace, configs: list[RunConfig], what: str = "run") -> int | None:
+def launch(args: argparse.Namespace, configs: list[RunConfig], what: str = "run", skip_diverged: bool = False
+           ) -> int | None:
     """Run ``configs`` that have no stored result (all of them with ``--force``) with
     ``args.launcher``; the number of failed runs, or None when Slurm jobs were submitted without
     waiting. Stored runs are skipped with one line each (for ``what`` other than "run": one line
-    in all, e.g. "12 of 27 validation runs already stored")."""
+    in all, e.g. "validation runs: 12 of 27 already stored, 15 to run"); with ``skip_diverged``
+    also the runs whose loss became NaN before (``store.diverged``: a sweep's grid point that
+    would diverge again)."""
     from benchmark.job import RunSpec, absolute
 
     store.check_results_dir(args.results_dir)
@@ -196,9 +199,12 @@ def launch(args: argparse.Namespace, configs: list[RunConfig], what: str = "run"
     if submitted:  # jobs may start in another folder
         args.results_dir = absolute(args.results_dir)
         configs = [dataclasses.replace(c, data_root=absolute(c.data_root)) for c in configs]
-    specs, stored = [], 0
+    specs, stored, diverged = [], 0, 0
     for config in configs:
         run_id = config.run_id()
+        if skip_diverged and not args.force and store.diverged(args.results_dir, run_id) is not None:
+            diverged += 1
+            continue
         if store.is_complete(args.results_dir, run_id) and not args.force:
             try:
                 store.read_result(store.result_path(args.results_dir, run_id))
@@ -211,7 +217,8 @@ def launch(args: argparse.Namespace, configs: list[RunConfig], what: str = "run"
         specs.append(RunSpec(config, args.results_dir, 60 * args.checkpoint_every, args.keep_checkpoints,
                              progress=not args.no_progress and not submitted, fresh=args.force))
     if what != "run" and configs:
-        print(f"{what}: {stored} of {len(configs)} already stored, {len(specs)} to run", file=sys.stderr)
+        print(f"{what}: {stored} of {len(configs)} already stored, {f'{diverged} diverged before, ' if diverged else ''}"
+              f"{len(specs)} to run", file=sys.stderr)
     return _run_submitted(args, specs) if submitted and specs else _run_inline(specs)
 
 

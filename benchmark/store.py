@@ -121,6 +121,23 @@ def write_result(results_dir: str | Path, result: dict[str, Any]) -> Path:
     return path
 
 
+def diverged_path(results_dir: str | Path, run_id: str) -> Path:
+    """Where a run whose loss became NaN or infinite leaves its note (never a result)."""
+    return Path(results_dir) / "diverged" / f"{run_id}.json"
+
+
+def write_diverged(results_dir: str | Path, run_id: str, message: str) -> None:
+    write_json_atomic(diverged_path(results_dir, run_id), {"run_id": run_id, "error": message})
+
+
+def diverged(results_dir: str | Path, run_id: str) -> str | None:
+    """The error of a run that diverged (no result was written), or None."""
+    try:
+        return json.loads(diverged_path(results_dir, run_id).read_text())["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def is_complete(results_dir: str | Path, run_id: str) -> bool:
     return result_path(results_dir, run_id).is_file()
 

@@ -146,10 +146,34 @@ def sweep_id(args: argparse.Namespace, planned: list[MethodGrid], overrides: dic
 
 
 def choose(scored: list[dict[str, Any]], preset_point: dict[str, Any]) -> dict[str, Any]:
-    """The point of highest mean validation A_T; ties go to the recipe's point, then to the first."""
-    best = max(round(p["val_final_acc"], 6) for p in scored)
-    tied = [p for p in scored if round(p["val_final_acc"], 6) == best]
+    """The point of highest mean validation A_T (diverged points, scored None, never); ties go to
+    the recipe's point, then to the first."""
+    finite = [p for p in scored if p["val_final_acc"] is not None]
+    best = max(round(p["val_final_acc"], 6) for p in finite)
+    tied = [p for p in finite if round(p["val_final_acc"], 6) == best]
     return next((p for p in tied if p["setting"] == preset_point), tied[0])["setting"]
+
+
+def score(g: MethodGrid, runs: dict[tuple, RunConfig], results_dir: str, val_seeds: list[int]
+          ) -> list[dict[str, Any]]:
+    """Each point of ``g`` with its run ids and mean validation A_T and A_bar over ``val_seeds``;
+    a point with a diverged run (NaN loss) scores None and carries the error."""
+    scored = []
+    for i, point in enumerate(g.points):
+        ids = [runs[g.method, i, s].run_id() for s in val_seeds]
+        errors = [e for e in (store.diverged(results_dir, run_id) for run_id in ids) if e]
+        results = [] if errors else [store.read_result(store.result_path(results_dir, run_id)) for run_id in ids]
+        scored.append({"setting": point, "run_ids": ids,
+                       "val_final_acc": float(np.mean([r["final_acc"] for r in results])) if results else None,
+                       "val_avg_acc": float(np.mean([r["avg_acc"] for r in results])) if results else None,
+                       **({"diverged": errors[0]} if errors else {})})
+    return scored
+
+
+def unfinished(configs: list[RunConfig], results_dir: str) -> list[RunConfig]:
+    """The runs with neither a result nor a divergence note."""
+    return [c for c in configs if not store.is_complete(results_dir, c.run_id())
+            and store.diverged(results_dir, c.run_id()) is None]
 
 
 def command_sweep(args: argparse.Namespace) -> int:
@@ -168,49 +192,45 @@ def command_sweep(args: argparse.Namespace) -> int:
         except ConfigError as err:
             raise ConfigError(f"{method} at {sweep_record.setting_text(point)}: {err}") from None
 
-    val_configs = {(g.method, i, s): config(g.method, s, p, True)
-                   for g in planned if len(g.points) > 1 for i, p in enumerate(g.points) for s in args.val_seeds}
-    example = next(iter(val_configs.values()), None) or config(planned[0].method, args.val_seeds[0], {}, True)
+    val_runs = {(g.method, i, s): config(g.method, s, p, True)
+                for g in planned if len(g.points) > 1 for i, p in enumerate(g.points) for s in args.val_seeds}
+    example = next(iter(val_runs.values()), None) or config(planned[0].method, args.val_seeds[0], {}, True)
     print(plan_table(planned, len(args.val_seeds), len(args.seeds)), file=sys.stderr)
-    print(f"{len(val_configs)} validation runs, then {len(planned) * len(args.seeds)} final runs", file=sys.stderr)
+    print(f"{len(val_runs)} validation runs, then {len(planned) * len(args.seeds)} final runs", file=sys.stderr)
     if args.dry_run:
         return 0
     check_validation_split(example)
 
-    failures = launch(args, list(val_configs.values()), what="validation runs")
-    if failures is None:
+    if launch(args, list(val_runs.values()), what="validation runs", skip_diverged=True) is None:
         print("validation runs submitted; when they are done, run the same command again to select the settings "
               f"and start the final runs (follow with: python run_benchmark.py status --results-dir "
               f"{args.results_dir})", file=sys.stderr)
         return 0
-    missing = [c for c in val_configs.values() if not store.is_complete(args.results_dir, c.run_id())]
+    missing = unfinished(list(val_runs.values()), args.results_dir)
     if missing:
-        raise ConfigError(f"{len(missing)} of {len(val_configs)} validation runs have no result (first: "
-                          f"{missing[0].run_id}); nothing is selected on a partial grid. Fix the cause and run the "
+        raise ConfigError(f"{len(missing)} of {len(val_runs)} validation runs have no result (first: "
+                          f"{missing[0].run_id()}); nothing is selected on a partial grid. Fix the cause and run the "
                           "same command again: the stored points are reused")
 
     record = {"sweep_id": sweep_id(args, planned, overrides, example), "dataset": example.dataset,
               "n_tasks": example.n_tasks, "preset": args.preset, "val_fraction": args.val_fraction,
               "val_seeds": args.val_seeds, "budget": args.budget,
-              "sweep_seed": args.sweep_seed if args.budget else None,
-              "overrides": {k: v for k, v in overrides.items()}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "methods": {}}
-    final_configs = []
+              "sweep_seed": args.sweep_seed if args.budget else None, "overrides": overrides,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "methods": {}}
+    final_runs = []
     for g in planned:
-        scored = []
-        for i, point in enumerate(g.points if len(g.points) > 1 else []):
-            results = [store.read_result(store.result_path(args.results_dir, val_configs[g.method, i, s].run_id()))
-                       for s in args.val_seeds]
-            scored.append({"setting": point, "run_ids": [r["run_id"] for r in results],
-                           "val_final_acc": float(np.mean([r["final_acc"] for r in results])),
-                           "val_avg_acc": float(np.mean([r["avg_acc"] for r in results]))})
-        chosen = choose(scored, g.preset_point) if scored else g.points[0]
-        scored = scored or [{"setting": chosen, "run_ids": [], "val_final_acc": None, "val_avg_acc": None}]
+        searched = len(g.points) > 1
+        scored = score(g, val_runs, args.results_dir, args.val_seeds) if searched else \
+            [{"setting": g.points[0], "run_ids": [], "val_final_acc": None, "val_avg_acc": None}]
+        if searched and all(p["val_final_acc"] is None for p in scored):
+            raise ConfigError(f"every point of {g.method}'s grid diverged (first: {scored[0]['diverged']}); "
+                              "give it a grid of smaller learning rates with --grid")
+        chosen = choose(scored, g.preset_point) if searched else g.points[0]
         runs = [config(g.method, s, chosen, False) for s in args.seeds]
-        final_configs += runs
+        final_runs += runs
         record["methods"][g.method] = {
             "grid": g.grid, "source": g.source, "n_grid_points": g.n_grid_points, "preset_point": g.preset_point,
-            "points": scored, "chosen": chosen, "edges": search_space.edges(g.grid, chosen) if len(g.points) > 1 else [],
+            "points": scored, "chosen": chosen, "edges": search_space.edges(g.grid, chosen) if searched else [],
             "final_run_ids": {str(s): c.run_id() for s, c in zip(args.seeds, runs)}}
     path = sweep_record.write(args.results_dir, record)
     print(selection_table(record))
@@ -220,12 +240,12 @@ def command_sweep(args: argparse.Namespace) -> int:
         for edge in entry["edges"]:
             print(f"note: {method}: {edge}; the best may lie beyond it: extend the grid with --grid", file=sys.stderr)
 
-    failures = launch(args, final_configs, what="final runs")
+    failures = launch(args, final_runs, what="final runs")
     if failures is None:
         print("final runs submitted; run the same command again when they are done for the table, or "
               "`python run_benchmark.py report`", file=sys.stderr)
         return 0
-    print_results(args, final_configs)
+    print_results(args, final_runs)
     return 1 if failures else 0
 
 

@@ -126,7 +126,8 @@ def setting_text(point: dict[str, Any]) -> str:
 def grid_rows(records: list[dict[str, Any]], datasets: list[str] | None = None,
               methods: list[str] | None = None) -> pd.DataFrame:
     """One row per point tried: sweep, data set, tasks, method, setting, validation A_T and A_bar
-    (means over the validation seeds), whether it was chosen, and whether it is the recipe's point."""
+    (means over the validation seeds; empty where nothing was chosen or the point diverged),
+    whether it was chosen, whether it diverged, and whether it is the recipe's point."""
     rows = []
     for record in records:
         if datasets and record["dataset"] not in datasets:
@@ -138,7 +139,7 @@ def grid_rows(records: list[dict[str, Any]], datasets: list[str] | None = None,
                 rows.append({"sweep": record["sweep_id"], "dataset": record["dataset"], "n_tasks": record["n_tasks"],
                              "method": method, "setting": setting_text(point["setting"]),
                              "val_final_acc": point["val_final_acc"], "val_avg_acc": point["val_avg_acc"],
-                             "chosen": point["setting"] == entry["chosen"],
+                             "chosen": point["setting"] == entry["chosen"], "diverged": "diverged" in point,
                              "recipe": point["setting"] == entry["preset_point"]})
     if not rows:
         raise ConfigError("no sweep records match; run `python run_benchmark.py sweep ...` first (records are "
@@ -146,7 +147,9 @@ def grid_rows(records: list[dict[str, Any]], datasets: list[str] | None = None,
     return pd.DataFrame(rows)
 
 
-def _score(value: float | None) -> str:
+def _score(value: float | None, diverged: bool) -> str:
+    if diverged:
+        return "diverged (NaN loss)"
     return "– (nothing to choose)" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
@@ -161,7 +164,7 @@ def grid_table(records: list[dict[str, Any]], fmt: str, datasets: list[str] | No
     if fmt not in ("markdown", "latex"):
         raise ConfigError(f"report --sweep prints markdown, latex, csv or json, not {fmt}")
     cells = [[r.dataset, r.n_tasks, r.method, r.setting + (" (recipe)" if r.recipe else ""),
-              _score(r.val_final_acc), _score(r.val_avg_acc), "chosen" if r.chosen else ""]
+              _score(r.val_final_acc, r.diverged), _score(r.val_avg_acc, r.diverged), "chosen" if r.chosen else ""]
              for r in rows.itertuples()]
     headers = ["dataset", "tasks", "method", "setting", "validation A_T", "validation A_bar", ""]
     text = tabulate(cells, headers=headers, tablefmt="github" if fmt == "markdown" else "latex_booktabs",

@@ -162,8 +162,8 @@ def test_a_sweep_selects_on_validation_runs_the_final_seeds_and_reuses_its_point
     assert all("‡" not in line for line in table.splitlines() if "(validation)" in line)
     assert main(["report", "--results-dir", str(results_dir), "--sweep", "--format", "csv"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
-    assert rows[0] == "sweep,dataset,n_tasks,method,setting,val_final_acc,val_avg_acc,chosen,recipe"
-    assert len(rows) == 1 + 6 and sum(row.split(",")[-2] == "True" for row in rows[1:]) == 2
+    assert rows[0] == "sweep,dataset,n_tasks,method,setting,val_final_acc,val_avg_acc,chosen,diverged,recipe"
+    assert len(rows) == 1 + 6 and sum(row.split(",")[-3] == "True" for row in rows[1:]) == 2
 
 
 def test_report_sweep_without_records_is_one_line(capsys, results_dir):
@@ -192,3 +192,21 @@ def test_the_default_spaces_table_in_the_docs_matches_the_method_files():
         else:
             assert [w.strip(",") for w in real.split() if w.strip(",") in {f.name for f in dataclasses.fields(
                 cls.Config)}] == list(space), method
+
+
+def test_a_diverged_point_is_never_chosen_and_not_run_again(capsys, results_dir):
+    argv = ["sweep", "--methods", "seq-lora", "--grid", "lr=0.01,1e30", *TINY, "--results-dir", str(results_dir)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "loss is nan" in err
+    [path] = sweep_record.records_dir(results_dir).glob("*.json")
+    entry = json.loads(path.read_text())["methods"]["seq-lora"]
+    diverged = next(p for p in entry["points"] if p["setting"] == {"lr": 1e30})
+    assert diverged["val_final_acc"] is None and "loss is nan" in diverged["diverged"]
+    assert entry["chosen"] == {"lr": 0.01}
+    assert store.diverged(results_dir, diverged["run_ids"][0]) and not store.is_complete(results_dir,
+                                                                                           diverged["run_ids"][0])
+    assert main(argv) == 0
+    assert "validation runs: 1 of 2 already stored, 1 diverged before, 0 to run" in capsys.readouterr().err
+    assert main(["report", "--sweep", "--results-dir", str(results_dir)]) == 0
+    assert table_rows(capsys.readouterr().out)["synth"][2:4] == ["lr=1e+30", "diverged (NaN loss)"]
