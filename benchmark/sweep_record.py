@@ -156,13 +156,13 @@ def _score(value: float | None, diverged: bool) -> str:
 def grid_table(records: list[dict[str, Any]], fmt: str, datasets: list[str] | None = None,
                methods: list[str] | None = None) -> str:
     """``report --sweep``: every sweep's grids with their validation scores and the chosen points."""
+    if fmt not in ("markdown", "latex", "csv", "json"):
+        raise ConfigError(f"report --sweep prints markdown, latex, csv or json, not {fmt}")
     rows = grid_rows(records, datasets, methods)
     if fmt == "csv":
         return rows.to_csv(index=False, float_format="%.2f")
     if fmt == "json":
         return rows.to_json(orient="records", indent=1) + "\n"
-    if fmt not in ("markdown", "latex"):
-        raise ConfigError(f"report --sweep prints markdown, latex, csv or json, not {fmt}")
     cells = [[r.dataset, r.n_tasks, r.method, r.setting + (" (recipe)" if r.recipe else ""),
               _score(r.val_final_acc, r.diverged), _score(r.val_avg_acc, r.diverged), "chosen" if r.chosen else ""]
              for r in rows.itertuples()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from benchmark.config import resolve
 from benchmark.registry import DATASETS, METHODS
 from benchmark.search_space import LR_LADDER, Around, Scaled
 from benchmark.sweep import choose
+from tests.conftest import assert_latex_compiles
 
 TINY = ["--tasks", "5", "--epochs", "1", "--set", "data.train_per_class=5", "--set", "data.test_per_class=2",
         "--no-progress", "--device", "cpu"]
@@ -123,7 +125,7 @@ def test_a_grid_key_only_some_methods_have_applies_to_those(capsys, results_dir)
 
 
 @pytest.mark.slow
-def test_a_sweep_selects_on_validation_runs_the_final_seeds_and_reuses_its_points(capsys, results_dir):
+def test_a_sweep_selects_on_validation_runs_the_final_seeds_and_reuses_its_points(capsys, results_dir, tmp_path):
     argv = ["sweep", "--methods", "frozen", "seq-lora", "--grid", "lr=0.003,0.03", "--grid", "head_lr=0.01,0.1",
             "--budget", "3", "--seeds", "0", "1", *TINY, "--results-dir", str(results_dir)]
     assert main(argv) == 0
@@ -160,6 +162,14 @@ def test_a_sweep_selects_on_validation_runs_the_final_seeds_and_reuses_its_point
     assert "| frozen ‡ " in table and "| seq-lora ‡ " in table
     assert f"from a budget of 3 of 4 grid points by sweep {record['sweep_id']}" in table
     assert all("‡" not in line for line in table.splitlines() if "(validation)" in line)
+    for extra in ([], ["--sweep"]):  # the marked table and the grids compile
+        assert main(["report", "--results-dir", str(results_dir), "--format", "latex", *extra]) == 0
+        latex = capsys.readouterr().out
+        assert ("$^\\ddagger$" in latex) == (not extra)
+        if shutil.which("pdflatex"):
+            folder = tmp_path / ("grids" if extra else "table")
+            folder.mkdir()
+            assert_latex_compiles(latex, folder)
     assert main(["report", "--results-dir", str(results_dir), "--sweep", "--format", "csv"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert rows[0] == "sweep,dataset,n_tasks,method,setting,val_final_acc,val_avg_acc,chosen,diverged,recipe"
@@ -172,6 +182,8 @@ def test_report_sweep_without_records_is_one_line(capsys, results_dir):
     assert main(["report", "--sweep", "--results-dir", str(results_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no sweep records match") and "\n" not in err
+    assert main(["report", "--sweep", "--format", "html", "--results-dir", str(results_dir)]) == 2
+    assert "report --sweep prints markdown, latex, csv or json, not html" in capsys.readouterr().err
     assert main(["report", "--results-dir", str(results_dir)]) == 0
     assert "‡" not in capsys.readouterr().out  # a plain run is never marked
 
