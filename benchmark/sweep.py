@@ -261,8 +261,9 @@ def selection_table(record: dict[str, Any]) -> str:
     for method, entry in record["methods"].items():
         best = next(p for p in entry["points"] if p["setting"] == entry["chosen"])
         score = best["val_final_acc"]
-        rows.append([method, sweep_record.setting_text(entry["chosen"]) +
-                     (" (recipe)" if entry["chosen"] == entry["preset_point"] else ""),
+        chosen = sweep_record.setting_text(entry["chosen"]) + (" (recipe)" if entry["chosen"] == entry["preset_point"]
+                                                              and entry["chosen"] else "")
+        rows.append([method, chosen,
                      "–" if score is None else f"{score:.2f}", f"{len(entry['points'])} of {entry['n_grid_points']}"])
     return (f"\n{record['dataset']}, {record['n_tasks']} tasks: chosen on validation A_T (mean over seed"
             f"{'s' if len(record['val_seeds']) > 1 else ''} {', '.join(map(str, record['val_seeds']))})\n\n"

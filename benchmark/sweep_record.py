@@ -120,7 +120,8 @@ def notes(table: pd.DataFrame) -> list[str]:
 
 def setting_text(point: dict[str, Any]) -> str:
     """A point as ``lr=0.003, head_lr=0.03``."""
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or "(the recipe)"
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or \
+        "the recipe (nothing to choose)"
 
 
 def grid_rows(records: list[dict[str, Any]], datasets: list[str] | None = None,
@@ -140,7 +141,7 @@ def grid_rows(records: list[dict[str, Any]], datasets: list[str] | None = None,
                              "method": method, "setting": setting_text(point["setting"]),
                              "val_final_acc": point["val_final_acc"], "val_avg_acc": point["val_avg_acc"],
                              "chosen": point["setting"] == entry["chosen"], "diverged": "diverged" in point,
-                             "recipe": point["setting"] == entry["preset_point"]})
+                             "recipe": bool(point["setting"]) and point["setting"] == entry["preset_point"]})
     if not rows:
         raise ConfigError("no sweep records match; run `python run_benchmark.py sweep ...` first (records are "
                           "written to <results-dir>/sweeps/)")

@@ -26,7 +26,7 @@ class FrozenBackbone(Method):
 
     Config = FrozenConfig
     DATASET_DEFAULTS = {
-        # synth: chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json)
+        # synth: chosen on validation A_T (`sweep --dataset synth`, results/measured/synth_sweep.json)
         "synth": dict(epochs=3, lr=3e-2),
         "cifar100": dict(epochs=20, lr=1e-3),
         "imagenet-r": dict(epochs=50, lr=1e-3),

@@ -70,7 +70,7 @@ class InfLoRAConfig(MethodConfig):
 
 # Official configs (liangyanshuo/InfLoRA configs/*.json), Adam, batch 128, per-epoch coda-cosine.
 INFLORA_DEFAULTS = {
-    # synth: chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json)
+    # synth: chosen on validation A_T (`sweep --dataset synth`, results/measured/synth_sweep.json)
     "synth": dict(epochs=3, lr=3e-3, head_lr=3e-2, eps_start=0.95),
     "cifar100": dict(epochs=20, lr=5e-4, eps_start=0.95),
     "imagenet-r": dict(epochs=50, lr=5e-4, eps_start=0.98),

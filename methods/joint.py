@@ -17,7 +17,7 @@ class JointLoRA(SeqLoRA):
 
     single_task = True
     upper_bound = True
-    # synth: its own choice on validation A_T (results/measured/synth_recipes.json); else seq-LoRA's
+    # synth: its own choice on validation A_T (results/measured/synth_sweep.json); else seq-LoRA's
     DATASET_DEFAULTS = {**SeqLoRA.DATASET_DEFAULTS, "synth": dict(epochs=3, lr=1e-2, head_lr=1e-2)}
     # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)
     DATASET_SEARCH_SPACES = {"synth": {"lr": [3e-3, 1e-2, 3e-2], "head_lr": [3e-3, 1e-2, 3e-2]}}

@@ -61,7 +61,7 @@ class L2P(PromptMethod):
     """A shared prompt pool per prompted block; per-sample top-k key matching."""
 
     Config = L2PConfig
-    # synth: its own choice on validation A_T (results/measured/synth_recipes.json)
+    # synth: its own choice on validation A_T (results/measured/synth_sweep.json)
     DATASET_DEFAULTS = {**CODA_CODE_RECIPES, "synth": dict(CODA_CODE_RECIPES["synth"], lr=1e-1, head_lr=1e-1)}
     SEARCH_SPACE = {"lr": Around(LR_LADDER), "length": Scaled((0.5, 1, 2))}
     # synth: the grid its synth recipe was chosen from (validation A_T, results/measured/synth_sweep.json)

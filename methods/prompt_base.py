@@ -34,7 +34,7 @@ from methods.prefix import Prefix, add_prefix_attention, prefixes
 # 20 / 50 / 5 epochs; ImageNet-A has no reference config and takes the CIFAR-100 recipe. synth:
 # the CPU recipe of docs/synthetic.md; methods add their tiny-ViT block lists.
 CODA_CODE_RECIPES: dict[str, dict[str, Any]] = {
-    # chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json) for
+    # chosen on validation A_T (`sweep --dataset synth`, results/measured/synth_sweep.json) for
     # DualPrompt and CODA-P; L2P's own choice (lr and head lr 0.1) is set in methods/l2p.py
     "synth": dict(epochs=2, lr=3e-2, head_lr=3e-2),
     "cifar100": dict(epochs=20, lr=1e-3),

@@ -115,7 +115,7 @@ def dataset_rows(**overrides: Any) -> dict[str, dict[str, Any]]:
     rows = {
         # CPU recipe for the tiny ViT (width 128): M = 2,000 (about the official M / width ratio
         # of 13) and a bottleneck of 16, 5 epochs of phase 1; its lr chosen on validation A_T
-        # (scripts/synth_recipes.py, results/measured/synth_recipes.json). No adapter dropout:
+        # (`sweep --dataset synth`, results/measured/synth_sweep.json). No adapter dropout:
         # phase 1 then draws nothing from the global RNG, which the contract test's two
         # interleaved same-seed runs require (the real data sets use the code's 0.1)
         "synth": dict(petl="adapter", projection_dim=2000, adapter_bottleneck=16, adapter_dropout=0.0, epochs=5,

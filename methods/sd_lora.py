@@ -115,7 +115,7 @@ class SDLoRAConfig(MethodConfig):
 # MultiStepLR per epoch. No decay is reached on CIFAR-100 (its milestones lie past its 20 epochs) or
 # ImageNet-R (spec section 4).
 SDLORA_DEFAULTS = {
-    # synth: lr chosen on validation A_T (scripts/synth_recipes.py, results/measured/synth_recipes.json)
+    # synth: lr chosen on validation A_T (`sweep --dataset synth`, results/measured/synth_sweep.json)
     "synth": dict(epochs=3, lr=2e-1),
     "cifar100": dict(epochs=20, lr=8e-3),
     "imagenet-r": dict(epochs=20, lr=1e-2),

@@ -37,7 +37,7 @@ class SeqLoRA(Method):
     Config = SeqLoRAConfig
     pretrained_tag = "augreg_in21k"  # InfLoRA's code: ViT-B/16 ImageNet-21k AugReg (no 1k fine-tuning)
     # InfLoRA's official Adam recipes (liangyanshuo/InfLoRA configs); synth: chosen on validation A_T
-    # (scripts/synth_recipes.py, grid and scores in results/measured/synth_recipes.json)
+    # (`sweep --dataset synth`, grid and scores in results/measured/synth_sweep.json)
     DATASET_DEFAULTS = {
         "synth": dict(epochs=3, lr=3e-3, head_lr=3e-2),
         "cifar100": dict(epochs=20, lr=5e-4),

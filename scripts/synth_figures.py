@@ -3,7 +3,7 @@
     python scripts/synth_figures.py                  # seeds 0 1 2, all default methods
 
 Every registered method (variants aside) runs at its ``synth`` preset (recipes chosen on validation
-data by ``scripts/synth_recipes.py``) through the normal harness; runs are stored in
+data by ``python run_benchmark.py sweep --dataset synth``) through the normal harness; runs are stored in
 ``--results-dir`` (a rerun computes only what is missing). Linear probes (L-BFGS logistic
 regression on standardised features, all 100 classes at once) read the frozen backbone.
 
