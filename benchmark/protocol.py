@@ -29,7 +29,7 @@ from benchmark.errors import ConfigError
 from benchmark.metrics import summarize
 from benchmark.schedules import epoch_lr_factor
 from benchmark.registry import DATASETS, METHODS
-from datasets.base import CutSplit, Loader, TaskSplit, hold_out_validation
+from datasets.base import ClassIncrementalData, CutSplit, Loader, TaskSplit, hold_out_validation
 from methods.base import Method
 
 EVAL_BATCH_SIZE = 256
@@ -217,16 +217,19 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def build_run(config: RunConfig, device: torch.device, caps: RunCaps | None = None) -> tuple[TaskSplit, Method]:
-    """The task split (with ``caps``: cut to a few images per task) and the freshly built method of
-    a run (seeded by ``config.seed``)."""
-    dataset_cls = DATASETS.get(config.dataset)
+def load_data(config: RunConfig) -> ClassIncrementalData:
+    """The run's data set, with its validation images held out when ``data.val_fraction`` is set."""
     options = config.dataset_options()
     if getattr(options, "image_size", 0) is None:  # image data sets: the backbone's input size
         options = dataclasses.replace(options, image_size=backbone_input_size(config.backbone))
-    data = dataset_cls.load(options, config.data_root)
-    if options.val_fraction > 0:
-        data = hold_out_validation(data, options.val_fraction)
+    data = DATASETS.get(config.dataset).load(options, config.data_root)
+    return hold_out_validation(data, options.val_fraction) if options.val_fraction > 0 else data
+
+
+def build_run(config: RunConfig, device: torch.device, caps: RunCaps | None = None) -> tuple[TaskSplit, Method]:
+    """The task split (with ``caps``: cut to a few images per task) and the freshly built method of
+    a run (seeded by ``config.seed``)."""
+    data = load_data(config)
     method_cls = METHODS.get(config.method)
     n_tasks = 1 if method_cls.single_task else config.n_tasks
     if caps is None:

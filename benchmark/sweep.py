@@ -30,7 +30,7 @@ from tabulate import tabulate
 from benchmark import search_space, store, sweep_record
 from benchmark.config import DATA_PREFIX, RunConfig, resolve, typed_setting
 from benchmark.errors import ConfigError
-from benchmark.registry import DATASETS, METHODS
+from benchmark.registry import METHODS
 from benchmark.runner import (check_launch_options, launch, print_results, run_fields, run_overrides,
                               selected_methods)
 
@@ -100,9 +100,8 @@ def grids(args: argparse.Namespace, methods: list[str], overrides: dict[str, Any
             planned.append(MethodGrid(method, grid, every, 1, {key: settings[key] for key in grid}, source))
             continue
         if args.budget is not None and args.budget > len(every):
-            raise ConfigError(f"--budget {args.budget} is larger than {method}'s grid ({len(every)} point"
-                              f"{'s' if len(every) != 1 else ''}: {_axes_text(grid)}); give --budget {len(every)} "
-                              "or less, or a larger --grid")
+            raise ConfigError(f"--budget {args.budget} is larger than {method}'s grid ({len(every)} points: "
+                              f"{_axes_text(grid)}); give --budget {len(every)} or less, or a larger --grid")
         planned.append(MethodGrid(method, grid, search_space.sample(every, args.budget, args.sweep_seed), len(every),
                                   {key: settings[key] for key in grid}, source))
     return planned
@@ -116,16 +115,10 @@ def _axes_text(grid: dict[str, list[Any]]) -> str:
 def check_validation_split(config: RunConfig) -> None:
     """Fail before anything runs when the validation fraction leaves a class with no held-out or
     no training image (the data set's labels are read once here)."""
-    from datasets.base import hold_out_validation
+    from benchmark.protocol import load_data
 
-    options = config.dataset_options()
-    if getattr(options, "image_size", 0) is None:
-        from benchmark.backbones import backbone_input_size
-
-        options = dataclasses.replace(options, image_size=backbone_input_size(config.backbone))
-    data = DATASETS.get(config.dataset).load(options, config.data_root)
     try:
-        hold_out_validation(data, options.val_fraction)
+        load_data(config)
     except ConfigError as err:
         raise ConfigError(str(err).replace("data.val_fraction", "--val-fraction")) from None
 
