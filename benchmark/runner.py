@@ -116,7 +116,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def _launch_flags(args: argparse.Namespace) -> dict[str, Any]:
+def launch_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key) for key in PROFILE_KEYS if key in vars(args)}
 
 
@@ -139,7 +139,7 @@ def _run_submitted(args: argparse.Namespace, specs: list[Any]) -> int | None:
     were submitted without waiting."""
     from benchmark import job_status, launcher, slurm_profile
 
-    options = slurm_profile.launch_options(slurm_profile.load_profile(args.slurm_profile), _launch_flags(args))
+    options = slurm_profile.launch_options(slurm_profile.load_profile(args.slurm_profile), launch_flags(args))
     if options["time_min"] == "auto":
         from benchmark.preflight import auto_time_min
 

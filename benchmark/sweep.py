@@ -32,7 +32,7 @@ from benchmark.config import DATA_PREFIX, RunConfig, resolve, typed_setting
 from benchmark.errors import ConfigError
 from benchmark.registry import METHODS
 from benchmark.runner import (check_launch_options, launch, print_results, run_fields, run_overrides,
-                              selected_methods)
+                              selected_methods, settings_not_defined)
 
 VAL_KEY = DATA_PREFIX + "val_fraction"
 
@@ -46,7 +46,12 @@ class MethodGrid:
     points: list[dict[str, Any]]  # the points run: all of the grid's, or the budget's draw
     n_grid_points: int
     preset_point: dict[str, Any]  # the recipe's values of the grid's settings
-    source: str  # "default space" or "--grid"
+    source: str  # "default space", "--grid" or "nothing to choose"
+
+    @property
+    def searched(self) -> bool:
+        """Whether the grid offers a choice (then every point drawn runs on validation data)."""
+        return self.n_grid_points > 1
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -57,10 +62,20 @@ def check_options(args: argparse.Namespace) -> None:
     if not 0 < args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1 (the share of each class's training images "
                           f"held out), got {args.val_fraction}")
-    if args.time_min == "auto":
-        raise ConfigError("sweep: --time auto needs a preflight projection of every run, and preflight does not run "
-                          "grid points; give --time-min MINUTES (e.g. 1.5 x the longest run a preflight of the "
-                          "recipes projects)")
+    from benchmark import slurm_profile
+    from benchmark.runner import launch_flags
+
+    if args.launcher != "inline" and slurm_profile.launch_options(
+            slurm_profile.load_profile(args.slurm_profile), launch_flags(args))["time_min"] == "auto":
+        raise ConfigError("sweep: --time auto (or time_min: auto in the profile) needs a preflight projection of "
+                          "every run, and preflight does not run grid points; give --time-min MINUTES (e.g. 1.5 x "
+                          "the longest run a preflight of the recipes projects)")
+    if args.force and args.launcher == "slurm" and not args.wait:
+        raise ConfigError("sweep --force with --launcher slurm needs --wait: without it, the rerun that continues "
+                          "the sweep would force its validation runs again")
+    if any(key == VAL_KEY for key, _ in args.set):
+        raise ConfigError(f"sweep: give the validation fraction with --val-fraction, not --set {VAL_KEY} (the final "
+                          "runs are evaluated on the test set)")
     if any(s < 0 for s in args.val_seeds or []):
         raise ConfigError(f"--val-seeds must be non-negative, got {args.val_seeds}")
 
@@ -69,12 +84,30 @@ def _fields_of(method: str) -> set[str]:
     return {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
 
 
-def grids(args: argparse.Namespace, methods: list[str], overrides: dict[str, Any], fields: dict[str, Any]
-          ) -> list[MethodGrid]:
-    """Each method's grid and the points to run (``--grid`` or the default space; ``--budget``)."""
+def _typed(method: str, dataset: str, key: str, values: list[str]) -> list[Any]:
+    """``--grid`` values as the setting's type; a value given twice (``1e-3,0.001``) is an error."""
+    typed = [typed_setting(method, dataset, key, v) for v in values]
+    if len({json.dumps(v) for v in typed}) < len(typed):
+        raise ConfigError(f"--grid {key}={','.join(values)} gives one value twice ({method} reads them as "
+                          f"{', '.join(map(str, typed))}); give each value once")
+    return typed
+
+
+def method_overrides(methods: list[str], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method the run options' overrides it takes: a ``--set`` setting only some methods have
+    goes to those, as in ``run``."""
+    skipped = settings_not_defined(methods, overrides)
+    return {m: {k: v for k, v in overrides.items() if m not in skipped.get(k, ())} for m in methods}
+
+
+def grids(args: argparse.Namespace, methods: list[str], overrides: dict[str, dict[str, Any]],
+          fields: dict[str, Any]) -> list[MethodGrid]:
+    """Each method's grid and the points to run (``--grid`` or the default space; ``--budget``);
+    ``overrides``: per method, from ``method_overrides``."""
     given = search_space.parse_grid(args.grid)
+    fixed = {key for settings in overrides.values() for key in settings}
     for key in given:
-        if key in overrides or key == VAL_KEY:
+        if key in fixed or key == VAL_KEY:
             flag = "--val-fraction" if key == VAL_KEY else f"--set {key} (or its shortcut flag)"
             raise ConfigError(f"{key} is both searched (--grid) and fixed ({flag}); give one of them")
         if not key.startswith(DATA_PREFIX) and not any(key in _fields_of(m) for m in methods):
@@ -82,21 +115,21 @@ def grids(args: argparse.Namespace, methods: list[str], overrides: dict[str, Any
                               "setting; see `run_benchmark.py list --presets`")
     planned = []
     for method in methods:
-        recipe = resolve(method, args.dataset, args.tasks, 0, args.preset, overrides, **fields)
+        recipe = resolve(method, args.dataset, args.tasks, 0, args.preset, overrides[method], **fields)
         settings = {**recipe.hparams, **{DATA_PREFIX + k: v for k, v in recipe.data_options.items()}}
         space = METHODS.get(method).search_space(recipe.dataset)
         if not space:  # trains nothing (simplecil): no setting to choose, whatever --grid says
             grid, source = {}, "nothing to choose"
         elif given:
-            grid = {key: [typed_setting(method, args.dataset, key, v) for v in values]
+            grid = {key: _typed(method, args.dataset, key, values)
                     for key, values in given.items() if key.startswith(DATA_PREFIX) or key in _fields_of(method)}
             source = "--grid"
         else:
             grid = {key: search_space.axis_values(axis, settings[key]) for key, axis in space.items()
-                    if key not in overrides}  # a setting fixed on the command line is not searched
+                    if key not in overrides[method]}  # a setting fixed on the command line is not searched
             source = "default space"
         every = search_space.points(grid)
-        if len(every) == 1:  # nothing to choose (e.g. simplecil): no validation run, no budget
+        if len(every) == 1:  # nothing to choose (e.g. simplecil, or one value per --grid key): no budget
             planned.append(MethodGrid(method, grid, every, 1, {key: settings[key] for key in grid}, source))
             continue
         if args.budget is not None and args.budget > len(every):
@@ -112,29 +145,30 @@ def _axes_text(grid: dict[str, list[Any]]) -> str:
                       for k, vs in grid.items()) or "the recipe only"
 
 
-def check_validation_split(config: RunConfig) -> None:
+def check_validation_split(configs: list[RunConfig]) -> None:
     """Fail before anything runs when the validation fraction leaves a class with no held-out or
-    no training image (the data set's labels are read once here)."""
+    no training image: the data set is loaded once here per distinct data option of ``configs``
+    (without the decoded-image cache and device decoding, which do not change the split)."""
     from benchmark.protocol import load_data
 
-    try:
-        load_data(config)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("data.val_fraction", "--val-fraction")) from None
+    plain = {"decoded_cache": False, "device_decode": False}
+    distinct = {json.dumps({**c.data_options, **{k: v for k, v in plain.items() if k in c.data_options}},
+                           sort_keys=True): c for c in configs}
+    for text, config in distinct.items():
+        try:
+            load_data(dataclasses.replace(config, data_options=json.loads(text)))
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("data.val_fraction", "--val-fraction")) from None
 
 
-def sweep_id(args: argparse.Namespace, planned: list[MethodGrid], overrides: dict[str, Any],
-             example: RunConfig) -> str:
-    """Hash of what the selection depends on (not of the final seeds, which can be extended)."""
-    from benchmark.config import identity
-
-    key = {"dataset": example.dataset, "n_tasks": example.n_tasks, "preset": args.preset,
-           "val_fraction": args.val_fraction, "val_seeds": args.val_seeds, "budget": args.budget,
-           "sweep_seed": args.sweep_seed if args.budget else None,
-           "overrides": {k: str(v) for k, v in overrides.items()},
-           "run": {k: v for k, v in identity(example.to_dict()).items()
-                   if k not in ("method", "seed", "hparams", "data_options", "preset")},
-           "grids": {g.method: [g.grid, g.points] for g in planned}}
+def sweep_id(dataset: str, n_tasks: int, planned: list[MethodGrid], val_runs: list[RunConfig],
+             recipes: list[RunConfig]) -> str:
+    """Hash of what the selection depends on: every validation run (its id hashes its whole
+    configuration), the grids and the recipe runs of the methods with nothing to choose; not the
+    final seeds, which can be extended."""
+    key = {"dataset": dataset, "n_tasks": n_tasks, "validation": sorted(c.run_id() for c in val_runs),
+           "recipes": sorted(c.run_id() for c in recipes),
+           "grids": {g.method: [g.grid, g.points, g.n_grid_points] for g in planned}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -175,24 +209,25 @@ def command_sweep(args: argparse.Namespace) -> int:
     methods = selected_methods(args)
     fields = run_fields(args)
     overrides = run_overrides(args)
-    planned = grids(args, methods, overrides, fields)
+    per_method = method_overrides(methods, overrides)
+    planned = grids(args, methods, per_method, fields)
 
     def config(method: str, seed: int, point: dict[str, Any], validation: bool) -> RunConfig:
         extra = {VAL_KEY: args.val_fraction} if validation else {}
         try:
-            return resolve(method, args.dataset, args.tasks, seed, args.preset, {**overrides, **point, **extra},
-                           **fields)
+            return resolve(method, args.dataset, args.tasks, seed, args.preset,
+                           {**per_method[method], **point, **extra}, **fields)
         except ConfigError as err:
             raise ConfigError(f"{method} at {sweep_record.setting_text(point)}: {err}") from None
 
     val_runs = {(g.method, i, s): config(g.method, s, p, True)
-                for g in planned if len(g.points) > 1 for i, p in enumerate(g.points) for s in args.val_seeds}
-    example = next(iter(val_runs.values()), None) or config(planned[0].method, args.val_seeds[0], {}, True)
+                for g in planned if g.searched for i, p in enumerate(g.points) for s in args.val_seeds}
+    recipes = [config(g.method, args.seeds[0], g.points[0], False) for g in planned if not g.searched]
     print(plan_table(planned, len(args.val_seeds), len(args.seeds)), file=sys.stderr)
     print(f"{len(val_runs)} validation runs, then {len(planned) * len(args.seeds)} final runs", file=sys.stderr)
     if args.dry_run:
         return 0
-    check_validation_split(example)
+    check_validation_split(list(val_runs.values()))
 
     if launch(args, list(val_runs.values()), what="validation runs", skip_diverged=True) is None:
         print("validation runs submitted; when they are done, run the same command again to select the settings "
@@ -205,14 +240,16 @@ def command_sweep(args: argparse.Namespace) -> int:
                           f"{missing[0].run_id()}); nothing is selected on a partial grid. Fix the cause and run the "
                           "same command again: the stored points are reused")
 
-    record = {"sweep_id": sweep_id(args, planned, overrides, example), "dataset": example.dataset,
-              "n_tasks": example.n_tasks, "preset": args.preset, "val_fraction": args.val_fraction,
+    example = config(planned[0].method, args.seeds[0], planned[0].points[0], False)
+    record = {"sweep_id": sweep_id(example.dataset, example.n_tasks, planned, list(val_runs.values()), recipes),
+              "dataset": example.dataset, "n_tasks": example.n_tasks, "preset": args.preset,
+              "val_fraction": args.val_fraction,
               "val_seeds": args.val_seeds, "budget": args.budget,
               "sweep_seed": args.sweep_seed if args.budget else None, "overrides": overrides,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "methods": {}}
     final_runs = []
     for g in planned:
-        searched = len(g.points) > 1
+        searched = g.searched
         scored = score(g, val_runs, args.results_dir, args.val_seeds) if searched else \
             [{"setting": g.points[0], "run_ids": [], "val_final_acc": None, "val_avg_acc": None}]
         if searched and all(p["val_final_acc"] is None for p in scored):
@@ -244,7 +281,7 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 def plan_table(planned: list[MethodGrid], n_val_seeds: int, n_seeds: int) -> str:
     rows = [[g.method, g.source, _axes_text(g.grid), f"{len(g.points)} of {g.n_grid_points}",
-             len(g.points) * n_val_seeds if len(g.points) > 1 else 0, n_seeds] for g in planned]
+             len(g.points) * n_val_seeds if g.searched else 0, n_seeds] for g in planned]
     return tabulate(rows, headers=["method", "space", "grid", "points", "validation runs", "final runs"],
                     tablefmt="github", disable_numparse=True)
 

@@ -39,8 +39,9 @@ def write(results_dir: str | Path, record: dict[str, Any]) -> Path:
         try:
             earlier = json.loads(path.read_text())
             for method, entry in record["methods"].items():
-                kept = earlier.get("methods", {}).get(method, {}).get("final_run_ids", {})
-                entry["final_run_ids"] = {**kept, **entry["final_run_ids"]}
+                before = earlier.get("methods", {}).get(method, {})
+                if before.get("chosen") == entry["chosen"]:  # else the earlier final runs are not this choice's
+                    entry["final_run_ids"] = {**before.get("final_run_ids", {}), **entry["final_run_ids"]}
         except (OSError, ValueError, AttributeError):
             pass  # an unreadable earlier record is replaced by this one
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def mark_tuned(table: pd.DataFrame, runs: pd.DataFrame, records: list[dict[str, 
                    & (runs["group"] == row.group)]["run_id"]
         sources = {tuned[i][0]["sweep_id"] for i in ids if i in tuned}
         record, method = tuned.get(ids.iloc[0], (None, None)) if len(ids) else (None, None)
-        searched = record is not None and len(record["methods"][method]["points"]) > 1  # else nothing was chosen
+        searched = record is not None and record["methods"][method]["n_grid_points"] > 1  # else nothing was chosen
         if searched and all(i in tuned for i in ids) and len(sources) == 1:
             entry = record["methods"][method]
             values = [record["sweep_id"], entry["n_grid_points"], len(entry["points"]), describe(record, method)]
@@ -115,7 +116,7 @@ def notes(table: pd.DataFrame) -> list[str]:
     if "sweep_note" not in table:
         return []
     return [f"{MARK} {label.removesuffix(' ' + MARK)}: {note}"
-            for label, note in dict(zip(table["label"], table["sweep_note"])).items() if isinstance(note, str)]
+            for label, note in dict.fromkeys(zip(table["label"], table["sweep_note"])) if isinstance(note, str)]
 
 
 def setting_text(point: dict[str, Any]) -> str:

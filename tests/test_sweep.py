@@ -104,7 +104,10 @@ def test_synth_spaces_are_the_grids_the_synth_recipes_were_chosen_from():
     (["--methods", "frozen", "--grid", "lr=1,2", "--grid", "lr=3"], "--grid lr is given twice"),
     (["--methods", "frozen", "--grid", "lr=0.1,0.2", "--lr", "0.1"], "lr is both searched (--grid) and fixed"),
     (["--methods", "frozen", "--grid", "lr=0.1,abc"], "bad value 'abc' for lr"),
-    (["--methods", "frozen", "--time", "auto"], "sweep: --time auto needs a preflight projection of every run"),
+    (["--methods", "frozen", "--time", "auto", "--launcher", "slurm"], "sweep: --time auto (or time_min: auto in the profile)"),
+    (["--methods", "frozen", "--grid", "lr=1e-3,0.001"], "gives one value twice (frozen reads them as 0.001, 0.001)"),
+    (["--methods", "frozen", "--set", "data.val_fraction=0.3"], "give the validation fraction with --val-fraction"),
+    (["--methods", "frozen", "--force", "--launcher", "slurm"], "sweep --force with --launcher slurm needs --wait"),
     (["--methods", "coda", "--grid", "length=4,5"], "coda at length=5: CODA-Prompt length must be even"),
 ])
 def test_bad_sweep_input_is_one_line_and_runs_nothing(argv, message, capsys, results_dir):
@@ -112,6 +115,32 @@ def test_bad_sweep_input_is_one_line_and_runs_nothing(argv, message, capsys, res
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and message in err, err
     assert not store.runs_dir(results_dir).exists()
+
+
+def test_time_auto_from_a_slurm_profile_is_refused_too(capsys, results_dir, tmp_path):
+    (tmp_path / "profile.yaml").write_text("time_min: auto\n")
+    argv = ["sweep", "--methods", "frozen", "--launcher", "slurm", "--slurm-profile", str(tmp_path / "profile.yaml")]
+    assert main([*argv, *TINY, "--results-dir", str(results_dir)]) == 2
+    assert "time_min: auto in the profile" in capsys.readouterr().err
+
+
+def test_a_set_key_only_some_methods_have_applies_to_those_and_leaves_their_grids(capsys, results_dir):
+    argv = ["sweep", "--methods", "seq-lora", "frozen", "--dataset", "cifar100", "--set", "rank=4", "--dry-run"]
+    assert main([*argv, "--results-dir", str(results_dir)]) == 0
+    plan = table_rows(capsys.readouterr().err)
+    assert plan["seq-lora"][1] == "lr 0.0003/0.0005/0.001" and plan["frozen"][1] == "lr 0.0003/0.001/0.003"
+
+
+def test_a_budget_of_one_point_still_runs_it_on_validation_and_marks_the_choice(capsys, results_dir):
+    argv = ["sweep", "--methods", "frozen", "--grid", "lr=0.01,0.03", "--budget", "1", *TINY,
+            "--results-dir", str(results_dir)]
+    assert main(argv) == 0
+    assert "validation runs: 0 of 1 already stored, 1 to run" in capsys.readouterr().err
+    [path] = sweep_record.records_dir(results_dir).glob("*.json")
+    entry = json.loads(path.read_text())["methods"]["frozen"]
+    assert entry["n_grid_points"] == 2 and len(entry["points"]) == 1 and entry["points"][0]["val_final_acc"] >= 0
+    assert main(["report", "--results-dir", str(results_dir)]) == 0
+    assert "from a budget of 1 of 2 grid points" in capsys.readouterr().out
 
 
 def test_a_grid_key_only_some_methods_have_applies_to_those(capsys, results_dir):
@@ -222,3 +251,15 @@ def test_a_diverged_point_is_never_chosen_and_not_run_again(capsys, results_dir)
     assert "validation runs: 1 of 2 already stored, 1 diverged before, 0 to run" in capsys.readouterr().err
     assert main(["report", "--sweep", "--results-dir", str(results_dir)]) == 0
     assert table_rows(capsys.readouterr().out)["synth"][2:4] == ["lr=1e+30", "diverged (NaN loss)"]
+
+
+def test_a_record_keeps_earlier_final_runs_only_while_the_choice_is_the_same(tmp_path):
+    def record(chosen: dict, finals: dict) -> dict:
+        return {"sweep_id": "abc", "dataset": "synth", "n_tasks": 10,
+                "methods": {"frozen": {"chosen": chosen, "final_run_ids": finals}}}
+
+    sweep_record.write(tmp_path, record({"lr": 0.1}, {"0": "run-a"}))
+    path = sweep_record.write(tmp_path, record({"lr": 0.1}, {"1": "run-b"}))
+    assert json.loads(path.read_text())["methods"]["frozen"]["final_run_ids"] == {"0": "run-a", "1": "run-b"}
+    sweep_record.write(tmp_path, record({"lr": 0.3}, {"2": "run-c"}))
+    assert json.loads(path.read_text())["methods"]["frozen"]["final_run_ids"] == {"2": "run-c"}
