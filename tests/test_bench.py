@@ -147,5 +147,6 @@ def test_compiled_training_reports_its_cost_and_break_even():
     assert row["train_img_s"] > 0 and row["train_tflops"] > 0
     expected = break_even_steps(row["compile_s"], row["recompile_s"], 8 / row["eager_train_img_s"],
                                 8 / row["train_img_s"])
-    assert row["break_even_steps"] == expected
+    # the row derives the compiled step time back from its img/s: equal up to float rounding
+    assert (row["break_even_steps"] is None) if expected is None else row["break_even_steps"] == pytest.approx(expected)
     assert expected is None or row["break_even_epochs"] == pytest.approx(expected / 625)  # 5,000 images / batch 8
