@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print each method's grid and the number of runs, run nothing")
     add_launch_options(sweep)
     preflight = sub.add_parser(
-        "preflight", help="run every run of a sweep end to end at its real configuration, cut short; print its "
+        "preflight", help="run every selected run end to end at its real configuration, cut short; print each one's "
                           "peak memory and the projected time of the full runs (docs/preflight.md)")
     add_run_options(preflight)
     cut = preflight.add_argument_group("preflight (each run cut short; everything else at the real configuration)")

@@ -1,4 +1,4 @@
-"""``python run_benchmark.py preflight``: every run of a sweep, end to end at its real configuration
+"""``python run_benchmark.py preflight``: every selected run, end to end at its real configuration
 but cut short, and what the full runs will cost.
 
 For each run the ``run`` command would launch (same selection options):
@@ -24,7 +24,7 @@ For each run the ``run`` command would launch (same selection options):
    ``--project-for DEVICE`` / ``--bench FILE`` on the device of a stored ``bench`` result.
 
 A run that fails is reported as its one-line error and the others go on; the exit code is then 1.
-The table ends with the sweep's total and a suggested ``--time-min`` / ``--mem-gb`` for
+The table ends with the total over the runs and a suggested ``--time-min`` / ``--mem-gb`` for
 ``--launcher slurm``; the report is also written to ``<results-dir>/preflight/`` as JSON, where
 ``run --launcher slurm --time-min auto`` reads it.
 """
@@ -522,7 +522,7 @@ def table(reports: list[Report], cuda: bool) -> str:
 
 def slurm_suggestion(reports: list[Report]) -> dict[str, int] | None:
     """``--time-min`` (the longest projected run x TIME_MARGIN + SLACK_MIN) and ``--mem-gb`` (the
-    largest host estimate x MEM_MARGIN) for the sweep's job array; None when no run succeeded."""
+    largest host estimate x MEM_MARGIN) for the runs' job array; None when no run succeeded."""
     done = [r for r in reports if not r.error]
     if not done:
         return None
@@ -551,7 +551,7 @@ def write_report(results_dir: str | Path, reports: list[Report], settings: Setti
 def run_preflight(runs: list[tuple[str, RunConfig | None, str | None]], settings: Settings, device: torch.device,
                   results_dir: str, progress: bool = True) -> int:
     """Preflight every run of ``runs`` ((label, resolved config or None, its resolution error)), print
-    the table and the sweep's totals, write the report; exit status 1 if any run failed."""
+    the table and the totals over the runs, write the report; exit status 1 if any run failed."""
     say = (lambda text: print(text, file=sys.stderr))
     settings.scratch.mkdir(parents=True, exist_ok=True)
     configs = [c for _, c, _ in runs if c is not None]

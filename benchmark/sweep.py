@@ -249,18 +249,17 @@ def command_sweep(args: argparse.Namespace) -> int:
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "methods": {}}
     final_runs = []
     for g in planned:
-        searched = g.searched
-        scored = score(g, val_runs, args.results_dir, args.val_seeds) if searched else \
+        scored = score(g, val_runs, args.results_dir, args.val_seeds) if g.searched else \
             [{"setting": g.points[0], "run_ids": [], "val_final_acc": None, "val_avg_acc": None}]
-        if searched and all(p["val_final_acc"] is None for p in scored):
+        if g.searched and all(p["val_final_acc"] is None for p in scored):
             raise ConfigError(f"every point of {g.method}'s grid diverged (first: {scored[0]['diverged']}); "
                               "give it a grid of smaller learning rates with --grid")
-        chosen = choose(scored, g.preset_point) if searched else g.points[0]
+        chosen = choose(scored, g.preset_point) if g.searched else g.points[0]
         runs = [config(g.method, s, chosen, False) for s in args.seeds]
         final_runs += runs
         record["methods"][g.method] = {
             "grid": g.grid, "source": g.source, "n_grid_points": g.n_grid_points, "preset_point": g.preset_point,
-            "points": scored, "chosen": chosen, "edges": search_space.edges(g.grid, chosen) if searched else [],
+            "points": scored, "chosen": chosen, "edges": search_space.edges(g.grid, chosen) if g.searched else [],
             "final_run_ids": {str(s): c.run_id() for s, c in zip(args.seeds, runs)}}
     path = sweep_record.write(args.results_dir, record)
     print(selection_table(record))
