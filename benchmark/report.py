@@ -175,8 +175,13 @@ def to_latex(table: pd.DataFrame) -> str:
     comparisons (``paired.with_paired``), a dagger on the cells not significantly different from
     their column's best and a note under the rule."""
     benchmarks = _benchmarks(table)
-    labels = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["label"]))
-    cells = {(r.label, r.dataset, r.n_tasks): r for r in table.itertuples()}
+    # one row per method even when a sweep tuned it on some benchmarks only: the mark then goes on
+    # the tuned cells, and on the label only when every cell of the row is tuned
+    table = table.assign(row=table["label"].map(sweep_record.unmarked))
+    table["tuned"] = table["label"] != table["row"]
+    rows = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["row"]))
+    all_tuned = table.groupby("row", sort=False)["tuned"].all()
+    cells = {(r.row, r.dataset, r.n_tasks): r for r in table.itertuples()}
     best = {}
     for bench in benchmarks:
         ranked = _in_benchmark(table, *bench).query("not upper_bound")
@@ -189,8 +194,8 @@ def to_latex(table: pd.DataFrame) -> str:
     lines.append("".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(benchmarks))))
     lines.append(" & " + " & ".join(r"$A_T$ & $\bar{A}$" for _ in benchmarks) + r" \\")
     lines.append(r"\midrule")
-    for label in labels:
-        row = [_latex_sweep_mark(_latex_escape(label))]
+    for label in rows:
+        row = [_latex_sweep_mark(_latex_escape(label + (f" {sweep_record.MARK}" if all_tuned[label] else "")))]
         for bench in benchmarks:
             cell = cells.get((label, *bench))
             for metric in ("final_acc", "avg_acc"):
@@ -202,7 +207,8 @@ def to_latex(table: pd.DataFrame) -> str:
                 is_best = not cell.upper_bound and best[bench, metric] is not None and mean == best[bench, metric]
                 if not is_best and "final_acc_best_p" in table and paired.not_different_from_best(cell, metric):
                     text += r"$^\dagger$"
-                row.append(rf"\textbf{{{text}}}" if is_best else text)
+                row.append((rf"\textbf{{{text}}}" if is_best else text)
+                           + (r"$^\ddagger$" if cell.tuned and not all_tuned[label] else ""))
         lines.append(" & ".join(row) + r" \\")
     if "published_final_acc" in table:
         lines += _latex_published_rows(table, benchmarks)
@@ -256,7 +262,7 @@ def _latex_published_rows(table: pd.DataFrame, benchmarks: list) -> list[str]:
 def to_records(table: pd.DataFrame) -> pd.DataFrame:
     """The CSV/JSON layout: one row per group, the documented columns."""
     extra = [c for c in PUBLISHED_COLUMNS + paired.PAIRED_COLUMNS + SWEEP_COLUMNS if c in table]
-    return table.assign(method=table["label"].str.replace(" " + sweep_record.MARK, "", regex=False))[COLUMNS + extra]
+    return table.assign(method=table["label"].map(sweep_record.unmarked))[COLUMNS + extra]
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

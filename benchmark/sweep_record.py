@@ -111,11 +111,16 @@ def mark_tuned(table: pd.DataFrame, runs: pd.DataFrame, records: list[dict[str, 
     return out
 
 
+def unmarked(label: str) -> str:
+    """A row label without the sweep's mark."""
+    return label.removesuffix(" " + MARK)
+
+
 def notes(table: pd.DataFrame) -> list[str]:
     """The footnotes of the marked rows, once per distinct note."""
     if "sweep_note" not in table:
         return []
-    return [f"{MARK} {label.removesuffix(' ' + MARK)}: {note}"
+    return [f"{MARK} {unmarked(label)}: {note}"
             for label, note in dict.fromkeys(zip(table["label"], table["sweep_note"])) if isinstance(note, str)]
 
 

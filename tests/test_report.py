@@ -157,3 +157,30 @@ def test_validation_runs_are_reported_apart_from_test_results(results_dir):
     table = report.aggregate(report.collect(results_dir))
     assert sorted(table["dataset"]) == ["synth", "synth (validation)"]
     assert table.set_index("dataset").loc["synth", "final_acc_mean"] == 50.0
+
+
+def _sweep_record(run_ids: dict[str, str]) -> dict:
+    """A sweep record that chose inflora's lr and ran ``run_ids`` (seed -> run id) as its final runs."""
+    points = [{"setting": {"lr": lr}, "run_ids": [], "val_final_acc": acc, "val_avg_acc": acc} for lr, acc in
+              ((0.001, 50.0), (0.003, 55.0))]
+    return {"sweep_id": "synth_T10_abc", "val_fraction": 0.1, "val_seeds": [0], "budget": None,
+            "methods": {"inflora": {"n_grid_points": 2, "points": points, "chosen": {"lr": 0.003},
+                                    "final_run_ids": run_ids}}}
+
+
+def test_latex_keeps_one_row_for_a_method_tuned_on_some_benchmarks_only(filled):
+    from benchmark import sweep_record
+
+    runs = report.collect(filled, methods=["inflora"])
+    synth_ids = {"0": "inflora_synth_T10_s0_r10", "1": "inflora_synth_T10_s1_r10"}
+    lines = report.to_latex(sweep_record.mark_tuned(report.aggregate(runs), runs, [_sweep_record(synth_ids)]))
+    [row] = [line for line in lines.splitlines() if line.startswith("inflora")]
+    cells = row.removesuffix(r" \\").split(" & ")
+    assert cells[0] == "inflora"  # the label unmarked: the cifar100 result was not tuned
+    assert [c.endswith(r"$^\ddagger$") for c in cells[1:]] == [False, False, True, True]  # cifar100, then synth
+    assert r"$^\ddagger$ inflora: selected on validation" in lines
+
+    every_id = {**synth_ids, "2": "inflora_cifar100_T10_s0_r10"}
+    lines = report.to_latex(sweep_record.mark_tuned(report.aggregate(runs), runs, [_sweep_record(every_id)]))
+    [row] = [line for line in lines.splitlines() if line.startswith("inflora")]
+    assert row.startswith(r"inflora $^\ddagger$ &") and row.count("ddagger") == 1  # tuned everywhere: the label
