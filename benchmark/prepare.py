@@ -19,7 +19,7 @@ from tabulate import tabulate
 from benchmark.errors import ConfigError
 from benchmark.registry import DATASETS, METHODS
 from datasets.base import BenchmarkDataset
-from datasets.download import Fetcher, downloads_dir, mib
+from datasets.download import Fetcher, downloads_dir, mib, moved_aside, root_lock
 
 
 @dataclass
@@ -60,7 +60,18 @@ def verified(cls: type[BenchmarkDataset], root: Path) -> Row:
 
 
 def check_only(cls: type[BenchmarkDataset], root: Path) -> Row:
-    """``--check``: what of the data set is missing, else whether it verifies (no network)."""
+    """``--check``: what of the data set is missing, else whether it verifies (no network); either
+    way the copies that failed their checksum and wait, moved aside, for deletion."""
+    row = missing_or_verified(cls, root)
+    bad = [path.name for item in cls.downloads for path in moved_aside(root, item)]
+    if bad:
+        row.detail += (f"; {len(bad)} download(s) moved aside after a failed checksum, never used: "
+                       f"{', '.join(bad)} in {downloads_dir(root)} (delete them)")
+    return row
+
+
+def missing_or_verified(cls: type[BenchmarkDataset], root: Path) -> Row:
+    """What of the data set is missing, else whether it verifies."""
     missing = [item for item in cls.downloads if not (root / item.target).exists()]
     if not missing:
         return verified(cls, root)
@@ -154,7 +165,8 @@ def prepare(datasets: list[str], root: Path, *, check: bool = False, source_dir:
         else:
             fetcher = Fetcher(root, mirror=mirror, source_dir=source_dir, progress=progress,
                               keep_archives=keep_archives)
-            rows += [fetch_and_verify(DATASETS.get(name), fetcher) for name in names]
+            with root_lock(root):
+                rows += [fetch_and_verify(DATASETS.get(name), fetcher) for name in names]
     if weights:
         chosen = list(dict.fromkeys(METHODS.canonical(m) for m in methods)) if methods else METHODS.names()
         rows += cache_weights(chosen, check)

@@ -10,7 +10,9 @@ file lands under the data root); this module does the rest for all of them:
   that fails is moved aside and never used;
 - unpacking (``datasets/archives.py``) into a scratch folder whose top folder is moved to its
   target by one rename, so a target that exists is complete, and an interrupted unpacking is
-  redone by the next run.
+  redone by the next run;
+- one prepare at a time per data root (``root_lock``: ``.prepare/lock``), so two shells or jobs
+  never write the same partial file.
 
 ``--from DIR`` takes the files from a folder (downloaded by hand) and ``--mirror URL`` fetches
 them from ``URL/<file name>``: both are flat folders of the files under their official names.
@@ -19,14 +21,19 @@ them from ``URL/<file name>``: both are flat folders of the files under their of
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import time
+import warnings
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.client import HTTPException
@@ -37,7 +44,7 @@ from tqdm.auto import tqdm
 from benchmark.errors import DataError, StorageError
 from datasets.archives import unpack
 
-STATE = ".prepare"  # under the data root: downloads/, unpack/ and manifest.json
+STATE = ".prepare"  # under the data root: downloads/, unpack/, manifest.json and lock
 RETRIES = 4  # attempts per file; the waits between them double from BACKOFF_S
 BACKOFF_S = 1.0
 TIMEOUT_S = 60
@@ -106,6 +113,40 @@ def file_error(err: OSError, root: Path) -> DataError:
                      f"you can read)")
 
 
+def moved_aside(root: Path, item: Download) -> list[Path]:
+    """The copies of ``item`` that failed their checksum and were moved aside (never used)."""
+    return sorted(downloads_dir(root).glob(f"{item.name}.bad-*"))
+
+
+@contextmanager
+def root_lock(root: Path) -> Iterator[None]:
+    """Hold the data root's prepare lock (``<root>/.prepare/lock``, an ``flock``) for the block; a
+    second prepare on the same root gets a one-line ``DataError`` naming the holder. Where the file
+    system cannot lock, a warning says so and the block runs unlocked."""
+    try:
+        (root / STATE).mkdir(parents=True, exist_ok=True)
+        handle = os.fdopen(os.open(root / STATE / "lock", os.O_RDWR | os.O_CREAT, 0o644), "r+")
+    except OSError as err:
+        raise file_error(err, root) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise DataError(f"another prepare is using {root} ({holder}); wait for it to finish and rerun (what it "
+                            f"completed is kept)") from None
+        except OSError as err:  # e.g. ENOLCK: an NFS mount without lock support
+            warnings.warn(f"cannot lock {root} ({err.strerror}); make sure no other prepare uses it", stacklevel=3)
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
 class Manifest:
     """The sha256 (and size) of every file downloaded into a data root, recorded at its first
     download: ``<data root>/.prepare/manifest.json``, rewritten atomically."""
@@ -170,6 +211,8 @@ class Fetcher:
             self._place(item, source)
             if self.source_dir is None and not self.keep_archives:
                 source.unlink()
+            for bad in moved_aside(self.root, item):  # a good copy is in place: the bad ones are of no use
+                bad.unlink()
         except OSError as err:
             raise file_error(err, self.root) from None
         return True
@@ -212,8 +255,8 @@ class Fetcher:
         bad = path.with_name(f"{path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
         path.rename(bad)
         raise DataError(f"{item.name} from {self.url(item)} has {algorithm} {found}, expected {value} ({where}); "
-                        f"moved aside to {bad} (never used); rerun to download it again, or pass --from DIR with a "
-                        f"good copy")
+                        f"moved aside to {bad} (never used; deleted once a good copy is in place); rerun to download "
+                        f"it again, or pass --from DIR with a good copy")
 
     def _download(self, item: Download, path: Path) -> None:
         """Download into ``<path>.part`` (resuming what is there) and rename it to ``path``."""

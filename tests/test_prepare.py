@@ -181,9 +181,25 @@ def test_a_checksum_mismatch_moves_the_file_aside_and_never_uses_it(served, tmp_
     assert "has sha256" in out and "(published); moved aside" in out
     assert not (root / "cifar-100-python").exists()
     [bad] = (root / download.STATE / "downloads").glob("cifar-100-python.tar.gz.bad-*")
+    code, out, _ = prepare(["cifar100", "--check", "--data-root", str(root)], capsys)  # --check lists it
+    assert code == 1 and f"1 download(s) moved aside after a failed checksum, never used: {bad.name}" in out
     served.files.corrupt.clear()
     code, out, err = prepare(["cifar100", "--data-root", str(root), "--mirror", served.url], capsys)
     assert code == 0, out + err
+    assert not bad.exists()  # a good copy in place: the moved-aside one is deleted
+
+
+def test_a_second_prepare_on_the_same_root_is_one_line_and_waits_for_nothing(served, tmp_path, capsys):
+    root = tmp_path / "data"
+    with download.root_lock(root):  # another prepare holds the root (flock: per open file, also in one process)
+        code, out, err = prepare(["cifar100", "--data-root", str(root), "--mirror", served.url], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith(f"error: another prepare is using {root} (pid {os.getpid()} on ")
+        assert gets(served.files) == []  # nothing fetched beside the holder
+        code, out, _ = prepare(["cifar100", "--check", "--data-root", str(root)], capsys)  # reading needs no lock
+        assert code == 1 and "| missing " in row(out, "cifar100")
+    assert (root / download.STATE / "lock").read_text() == ""  # released: the holder's line is gone
+    assert prepare(["cifar100", "--data-root", str(root), "--mirror", served.url], capsys)[0] == 0
 
 
 def test_a_missing_file_is_one_line_naming_the_url_and_the_from_route(served, tmp_path, capsys):
@@ -399,5 +415,5 @@ def test_a_broken_manifest_is_one_line(served, tmp_path, capsys, monkeypatch):
 
 def test_an_unwritable_data_root_is_one_line(served, tmpfs, capsys):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
-    code, out, _ = prepare(["cifar100", "--data-root", str(tmpfs / "data"), "--mirror", served.url], capsys)
-    assert code == 1 and "Read-only file system); choose a --data-root you can write to" in row(out, "cifar100")
+    code, out, err = prepare(["cifar100", "--data-root", str(tmpfs / "data"), "--mirror", served.url], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Read-only file system); choose a --data-root you can write to" in err
