@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark import paired, store, sweep_record
-from benchmark.report import _benchmarks, _in_benchmark, _mean_sd, _runs_of, _save_figure
+from benchmark.report import benchmarks_of, in_benchmark, mean_sd, runs_of, save_figure
 
 # Heatmap colours: matplotlib's viridis on a fixed 0-100 % scale (the same for both matrices and
 # every run), in 2.5-point bins, each a CSS class; dark cells get white text.
@@ -67,8 +67,8 @@ def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) ->
              "s0, s1, … open each run's section (matrices, timings, configuration, run file).</p>"]
     if "vs_reference" in table:
         parts.append(f"<p class='note'>{html.escape(paired.MARKDOWN_NOTE)}</p>")
-    for dataset, n_tasks in _benchmarks(table):
-        rows = _in_benchmark(table, dataset, n_tasks).sort_values(
+    for dataset, n_tasks in benchmarks_of(table):
+        rows = in_benchmark(table, dataset, n_tasks).sort_values(
             ["upper_bound", "final_acc_mean"], ascending=[True, False], kind="stable")
         plot = _plot_png(runs, table, dataset, n_tasks)
         parts += [f"<h2>{html.escape(str(dataset))}, {n_tasks} tasks</h2>", _leaderboard(runs, rows),
@@ -80,7 +80,7 @@ def to_html(runs: pd.DataFrame, table: pd.DataFrame, results_dir: str | Path) ->
 
 def _results(runs: pd.DataFrame, row) -> list[dict[str, Any]]:
     """The stored results behind an aggregated row, by seed."""
-    return list(_runs_of(runs, row).sort_values("seed", kind="stable")["result"])
+    return list(runs_of(runs, row).sort_values("seed", kind="stable")["result"])
 
 
 def _anchor(run_id: str) -> str:
@@ -100,17 +100,17 @@ def _leaderboard(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
 
 
 def _leaderboard_row(runs: pd.DataFrame, r, rank: int, published: bool, compared: list[str]) -> str:
-    group = _runs_of(runs, r).sort_values("seed", kind="stable")
+    group = runs_of(runs, r).sort_values("seed", kind="stable")
     tooltip = html.escape(f"config {r.group}: {group['hparams'].iloc[0]}", quote=True)
     links = " ".join(f"<a href='#{_anchor(run_id)}'>s{seed}</a>"
                      for run_id, seed in zip(group["run_id"], group["seed"]))
     cells = ["" if r.upper_bound else str(rank), f"<span title='{tooltip}'>{html.escape(r.label)}</span>",
-             _mean_sd(r.final_acc_mean, r.final_acc_std), _mean_sd(r.avg_acc_mean, r.avg_acc_std),
-             _mean_sd(r.forgetting_mean, r.forgetting_std), str(r.n_seeds)]
+             mean_sd(r.final_acc_mean, r.final_acc_std), mean_sd(r.avg_acc_mean, r.avg_acc_std),
+             mean_sd(r.forgetting_mean, r.forgetting_std), str(r.n_seeds)]
     if published:
         known = r.published_source is not None
         diff = f"<span class='{'neg' if known and r.final_acc_diff < 0 else 'pos'}'>{r.final_acc_diff:+.2f}</span>"
-        cells += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if known else "–",
+        cells += [mean_sd(r.published_final_acc, r.published_final_acc_std) if known else "–",
                   diff if known else "–", html.escape(r.published_source) if known else ""]
     cells += [html.escape(str(cell)) for cell in compared] + [links]
     classes = ["", "m"] + [""] * (len(cells) - 2)
@@ -121,7 +121,7 @@ def _leaderboard_row(runs: pd.DataFrame, r, rank: int, published: bool, compared
 def _plot_png(runs: pd.DataFrame, table: pd.DataFrame, dataset: str, n_tasks: int) -> str:
     """The benchmark's accuracy-after-each-task plot as base64 PNG."""
     buffer = io.BytesIO()
-    _save_figure(runs, table, [(dataset, n_tasks)], buffer, fmt="png")
+    save_figure(runs, table, [(dataset, n_tasks)], buffer, fmt="png")
     return base64.b64encode(buffer.getvalue()).decode()
 
 

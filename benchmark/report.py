@@ -114,21 +114,23 @@ def with_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame
     return out
 
 
-def _benchmarks(table: pd.DataFrame) -> list[tuple[str, int]]:
+def benchmarks_of(table: pd.DataFrame) -> list[tuple[str, int]]:
     """The (dataset, n_tasks) pairs of a table, in table order."""
     return list(dict.fromkeys(zip(table["dataset"], table["n_tasks"])))
 
 
-def _in_benchmark(frame: pd.DataFrame, dataset: str, n_tasks: int) -> pd.DataFrame:
+def in_benchmark(frame: pd.DataFrame, dataset: str, n_tasks: int) -> pd.DataFrame:
+    """The rows of ``frame`` on one benchmark (data set, task count)."""
     return frame[(frame["dataset"] == dataset) & (frame["n_tasks"] == n_tasks)]
 
 
-def _runs_of(runs: pd.DataFrame, row) -> pd.DataFrame:
+def runs_of(runs: pd.DataFrame, row) -> pd.DataFrame:
     """The runs behind one aggregated row."""
-    return _in_benchmark(runs, row.dataset, row.n_tasks).query("method == @row.method and group == @row.group")
+    return in_benchmark(runs, row.dataset, row.n_tasks).query("method == @row.method and group == @row.group")
 
 
-def _mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
+def mean_sd(mean: float, sd: float, pm: str = " ± ") -> str:
+    """``mean ± sd`` to two decimals; the mean alone without an sd; a dash without a mean."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     return f"{mean:.2f}" if sd is None or math.isnan(sd) else f"{mean:.2f}{pm}{sd:.2f}"
@@ -142,13 +144,13 @@ def to_markdown(table: pd.DataFrame) -> str:
     paired_headers, paired_cells = paired.markdown_columns(table) if compared else ([], [[]] * len(table))
     rows, sources = [], []
     for r, paired_row in zip(table.itertuples(), paired_cells):
-        row = [r.dataset, r.n_tasks, r.label, _mean_sd(r.final_acc_mean, r.final_acc_std),
-               _mean_sd(r.avg_acc_mean, r.avg_acc_std), _mean_sd(r.forgetting_mean, r.forgetting_std), r.n_seeds]
+        row = [r.dataset, r.n_tasks, r.label, mean_sd(r.final_acc_mean, r.final_acc_std),
+               mean_sd(r.avg_acc_mean, r.avg_acc_std), mean_sd(r.forgetting_mean, r.forgetting_std), r.n_seeds]
         if published:
             has = r.published_source is not None
             if has and r.published_source not in sources:
                 sources.append(r.published_source)
-            row += [_mean_sd(r.published_final_acc, r.published_final_acc_std) if has else "–",
+            row += [mean_sd(r.published_final_acc, r.published_final_acc_std) if has else "–",
                     f"{r.final_acc_diff:+.2f}" if has else "–",
                     f"[{sources.index(r.published_source) + 1}]" if has else ""]
         rows.append(row + paired_row)
@@ -165,7 +167,8 @@ def _latex_sweep_mark(text: str) -> str:
     return text.replace(sweep_record.MARK, r"$^\ddagger$")
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
     return "".join("\\" + c if c in "&%$#_{}" else c for c in str(text))
 
 
@@ -174,7 +177,7 @@ def to_latex(table: pd.DataFrame) -> str:
     continual method per column in bold (upper bounds are not ranked); mean $\\pm$ sd. With paired
     comparisons (``paired.with_paired``), a dagger on the cells not significantly different from
     their column's best and a note under the rule."""
-    benchmarks = _benchmarks(table)
+    benchmarks = benchmarks_of(table)
     # one row per method even when a sweep tuned it on some benchmarks only: the mark then goes on
     # the tuned cells, and on the label only when every cell of the row is tuned
     table = table.assign(row=table["label"].map(sweep_record.unmarked))
@@ -184,18 +187,18 @@ def to_latex(table: pd.DataFrame) -> str:
     cells = {(r.row, r.dataset, r.n_tasks): r for r in table.itertuples()}
     best = {}
     for bench in benchmarks:
-        ranked = _in_benchmark(table, *bench).query("not upper_bound")
+        ranked = in_benchmark(table, *bench).query("not upper_bound")
         for metric in ("final_acc", "avg_acc"):
             values = ranked[f"{metric}_mean"].dropna()
             best[bench, metric] = values.max() if len(values) else None
     lines = [r"\begin{tabular}{l" + "cc" * len(benchmarks) + "}", r"\toprule"]
     lines.append("Method & " + " & ".join(
-        rf"\multicolumn{{2}}{{c}}{{{_latex_escape(d)} ({t} tasks)}}" for d, t in benchmarks) + r" \\")
+        rf"\multicolumn{{2}}{{c}}{{{latex_escape(d)} ({t} tasks)}}" for d, t in benchmarks) + r" \\")
     lines.append("".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(benchmarks))))
     lines.append(" & " + " & ".join(r"$A_T$ & $\bar{A}$" for _ in benchmarks) + r" \\")
     lines.append(r"\midrule")
     for label in rows:
-        row = [_latex_sweep_mark(_latex_escape(label + (f" {sweep_record.MARK}" if all_tuned[label] else "")))]
+        row = [_latex_sweep_mark(latex_escape(label + (f" {sweep_record.MARK}" if all_tuned[label] else "")))]
         for bench in benchmarks:
             cell = cells.get((label, *bench))
             for metric in ("final_acc", "avg_acc"):
@@ -203,7 +206,7 @@ def to_latex(table: pd.DataFrame) -> str:
                     row.append("--")
                     continue
                 mean, sd = getattr(cell, f"{metric}_mean"), getattr(cell, f"{metric}_std")
-                text = _mean_sd(mean, sd, r" $\pm$ ")
+                text = mean_sd(mean, sd, r" $\pm$ ")
                 is_best = not cell.upper_bound and best[bench, metric] is not None and mean == best[bench, metric]
                 if not is_best and "final_acc_best_p" in table and paired.not_different_from_best(cell, metric):
                     text += r"$^\dagger$"
@@ -216,7 +219,7 @@ def to_latex(table: pd.DataFrame) -> str:
     if "final_acc_best_p" in table:
         lines += _latex_paired_note(table, 1 + 2 * len(benchmarks))
     width = 1 + 2 * len(benchmarks)
-    lines += [rf"\multicolumn{{{width}}}{{l}}{{\footnotesize {_latex_sweep_mark(_latex_escape(note))}}} \\"
+    lines += [rf"\multicolumn{{{width}}}{{l}}{{\footnotesize {_latex_sweep_mark(latex_escape(note))}}} \\"
               for note in sweep_record.notes(table)]
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
@@ -245,14 +248,14 @@ def _latex_published_rows(table: pd.DataFrame, benchmarks: list) -> list[str]:
     known = table[table["published_source"].notna()]
     lines = []
     for method in dict.fromkeys(known["method"]):
-        row = [rf"\textit{{{_latex_escape(method)} (published)}}"]
+        row = [rf"\textit{{{latex_escape(method)} (published)}}"]
         for bench in benchmarks:
-            match = _in_benchmark(known, *bench).query("method == @method")
+            match = in_benchmark(known, *bench).query("method == @method")
             if match.empty:
                 row += ["--", "--"]
                 continue
             r = match.iloc[0]
-            final = _mean_sd(r.published_final_acc, r.published_final_acc_std, PM)
+            final = mean_sd(r.published_final_acc, r.published_final_acc_std, PM)
             row += [rf"\textit{{{final}}}",
                     rf"\textit{{{r.published_avg_acc:.2f}}}" if pd.notna(r.published_avg_acc) else "--"]
         lines.append(" & ".join(row) + r" \\")
@@ -284,11 +287,13 @@ def plot(runs: pd.DataFrame, table: pd.DataFrame, path: str | Path) -> Path:
     The format follows the file name (.png, .pdf, .svg)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_figure(runs, table, _benchmarks(table), path)
+    save_figure(runs, table, benchmarks_of(table), path)
     return path
 
 
-def _save_figure(runs: pd.DataFrame, table: pd.DataFrame, benchmarks: list, target, fmt: str | None = None) -> None:
+def save_figure(runs: pd.DataFrame, table: pd.DataFrame, benchmarks: list, target, fmt: str | None = None) -> None:
+    """Accuracy on all seen classes after each task, one panel per benchmark, mean over seeds per
+    row (upper bounds as a dashed line), saved to ``target`` (a path or a file object) as ``fmt``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,8 +302,8 @@ def _save_figure(runs: pd.DataFrame, table: pd.DataFrame, benchmarks: list, targ
 
     fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.5 * len(benchmarks), 4.2), squeeze=False)
     for ax, (dataset, n_tasks) in zip(axes[0], benchmarks):
-        for row in _in_benchmark(table, dataset, n_tasks).itertuples():
-            group = _runs_of(runs, row)
+        for row in in_benchmark(table, dataset, n_tasks).itertuples():
+            group = runs_of(runs, row)
             curves = np.array([c for c in group["step_acc"] if len(c) == len(group["step_acc"].iloc[0])], dtype=float)
             mean = curves.mean(0)
             if row.upper_bound:

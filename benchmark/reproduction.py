@@ -79,7 +79,7 @@ def build(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
         for group in report.aggregate(runs).itertuples():
             matches = published[(published["method"] == group.method) & (published["dataset"] == group.dataset)
                                 & (published["n_tasks"] == group.n_tasks)]
-            lines += [_line(group, report._runs_of(runs, group), row) for row in matches.itertuples()]
+            lines += [_line(group, report.runs_of(runs, group), row) for row in matches.itertuples()]
     if not lines:
         cells = sorted({f"{m} on {d} ({t} tasks)" for m, d, t in zip(runs["method"], runs["dataset"], runs["n_tasks"])})
         raise ConfigError(f"no published value for the runs ({', '.join(cells) or 'only validation runs'}); "
@@ -102,7 +102,7 @@ def _delta(delta: float, latex: bool = False) -> str:
 
 
 def _published(row, pm: str = " ± ", star: str = "*") -> str:
-    return report._mean_sd(row.published, row.published_std, pm) + ("" if row.verified == "yes" else star)
+    return report.mean_sd(row.published, row.published_std, pm) + ("" if row.verified == "yes" else star)
 
 
 HEADERS = ["method", "dataset", "tasks", "metric", "variant", "ours", "seeds", "published", "Δ", "verdict", "source"]
@@ -112,7 +112,7 @@ def text_cells(table: pd.DataFrame) -> tuple[list[list], list[str]]:
     """The plain-text cells of each line (``HEADERS``; the source as ``[i]``) and the sources."""
     sources = _sources(table)
     rows = [[r.method, r.dataset, r.n_tasks, METRIC_NAMES.get(r.metric, r.metric), r.variant,
-             report._mean_sd(r.ours_mean, r.ours_std), r.n_seeds, _published(r), _delta(r.delta), r.verdict,
+             report.mean_sd(r.ours_mean, r.ours_std), r.n_seeds, _published(r), _delta(r.delta), r.verdict,
              f"[{sources.index(r.source) + 1}]"] for r in table.itertuples()]
     return rows, sources
 
@@ -126,14 +126,14 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def to_latex(table: pd.DataFrame) -> str:
     """Booktabs table; sources and the verdict rule as note rows under the bottom rule."""
-    esc = report._latex_escape
+    esc = report.latex_escape
     sources = _sources(table)
     headers = ["Method", "Benchmark", "$T$", "Metric", "Variant", "Ours", "Seeds", "Published", r"$\Delta$",
                "Verdict", "Source"]
     lines = [r"\begin{tabular}{lllllrrrrll}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
     for r in table.itertuples():
         cells = [esc(r.method), esc(r.dataset), str(r.n_tasks), LATEX_METRICS.get(r.metric, esc(r.metric)),
-                 esc(r.variant), report._mean_sd(r.ours_mean, r.ours_std, report.PM).replace("–", "--"),
+                 esc(r.variant), report.mean_sd(r.ours_mean, r.ours_std, report.PM).replace("–", "--"),
                  str(r.n_seeds), _published(r, report.PM, "$^*$"), _delta(r.delta, latex=True), esc(r.verdict),
                  f"[{sources.index(r.source) + 1}]"]
         lines.append(" & ".join(cells) + r" \\")
