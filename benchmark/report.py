@@ -182,7 +182,7 @@ def to_latex(table: pd.DataFrame) -> str:
     # the tuned cells, and on the label only when every cell of the row is tuned
     table = table.assign(row=table["label"].map(sweep_record.unmarked))
     table["tuned"] = table["label"] != table["row"]
-    rows = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["row"]))
+    labels = list(dict.fromkeys(table.sort_values("upper_bound", kind="stable")["row"]))
     all_tuned = table.groupby("row", sort=False)["tuned"].all()
     cells = {(r.row, r.dataset, r.n_tasks): r for r in table.itertuples()}
     best = {}
@@ -197,7 +197,7 @@ def to_latex(table: pd.DataFrame) -> str:
     lines.append("".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(benchmarks))))
     lines.append(" & " + " & ".join(r"$A_T$ & $\bar{A}$" for _ in benchmarks) + r" \\")
     lines.append(r"\midrule")
-    for label in rows:
+    for label in labels:
         row = [_latex_sweep_mark(latex_escape(label + (f" {sweep_record.MARK}" if all_tuned[label] else "")))]
         for bench in benchmarks:
             cell = cells.get((label, *bench))

@@ -29,9 +29,9 @@ import re
 import shutil
 import socket
 import time
-import warnings
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmark import report, store
+from benchmark import report, store, sweep_record
 from benchmark.cli import main
 from tests.conftest import assert_latex_compiles, needs_pdflatex
 
@@ -169,8 +169,6 @@ def _sweep_record(run_ids: dict[str, str]) -> dict:
 
 
 def test_latex_keeps_one_row_for_a_method_tuned_on_some_benchmarks_only(filled):
-    from benchmark import sweep_record
-
     runs = report.collect(filled, methods=["inflora"])
     synth_ids = {"0": "inflora_synth_T10_s0_r10", "1": "inflora_synth_T10_s1_r10"}
     lines = report.to_latex(sweep_record.mark_tuned(report.aggregate(runs), runs, [_sweep_record(synth_ids)]))
